@@ -1,0 +1,1 @@
+"""Kubeflow pipelines wiring the components of components/ (compiled YAML checked in beside them)."""

@@ -1,0 +1,201 @@
+"""`medsegllm <stage>`: one console command per pipeline stage, thin over the stage's run function.
+
+Stage modules are imported inside each command, so `medsegllm --help` stays fast and a command
+pays only for the libraries it uses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from medsegllm.config import Params, load_params
+
+app = typer.Typer(
+    name="medsegllm",
+    help="DICOM studies and radiology reports in; a validated, registered segmentation model out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read (validated by medsegllm.config.Params).")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Output folder of this stage (created if missing).")]
+TruthOpt = Annotated[
+    Optional[Path],
+    typer.Option("--truth", help="Hidden ground truth of a synthetic cohort (cohort/truth): evaluation only."),
+]
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=None, show_path=False, rich_tracebacks=False)],
+    )
+
+
+def _params(path: Path) -> Params:
+    try:
+        return load_params(path)
+    except Exception as exc:  # pydantic's message names the bad key; show it without a traceback
+        _fail(f"invalid params file {path}: {exc}")
+
+
+def _salt(params: Params) -> str:
+    from medsegllm.common.deid import resolve_salt
+
+    return resolve_salt(params.ingest)
+
+
+def _fail(message: str, code: int = 1):
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _print(summary: dict) -> None:
+    typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
+
+
+@app.command()
+def synth(
+    out: OutOpt,
+    params_file: ParamsOpt = Path("params.yaml"),
+    n_studies: Annotated[Optional[int], typer.Option(help="Override synth.n_studies.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Override the global seed.")] = None,
+) -> None:
+    """Generate the embedded demo cohort: CT and MR DICOM from 6 scanners, reports, DICOM SEG labels, hidden truth."""
+    from medsegllm.synth.cohort import generate_cohort
+
+    params = _params(params_file)
+    synth_params = params.synth.model_copy(update={"n_studies": n_studies} if n_studies else {})
+    _print(generate_cohort(out, synth_params, params.seed if seed is None else seed))
+
+
+@app.command()
+def ingest(
+    input: Annotated[Path, typer.Option("--input", help="DICOM folder tree (any nesting); SEG files in it become labels.")],
+    out: OutOpt,
+    params_file: ParamsOpt = Path("params.yaml"),
+    workers: Annotated[int, typer.Option(help="Parallel worker processes over series.")] = 1,
+) -> None:
+    """Assemble, de-identify and harmonize series; write volumes, labels, manifest.parquet and quarantine.parquet."""
+    from medsegllm.ingest.run import run_ingest
+
+    params = _params(params_file)
+    if not input.is_dir():
+        _fail(f"--input {input} is not a folder")
+    _print(run_ingest(input, out, params.ingest, _salt(params), workers=workers))
+
+
+@app.command()
+def reports(
+    input: Annotated[Path, typer.Option("--input", help="Reports: a JSONL/CSV file, or a folder of them and DICOM SR.")],
+    out: OutOpt,
+    params_file: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Scrub reports, extract grounded findings, write descriptions and text embeddings to findings.parquet."""
+    from medsegllm.reports.run import run_reports
+
+    params = _params(params_file)
+    if not input.exists():
+        _fail(f"--input {input} does not exist")
+    _print(run_reports(input, out, params.reports, _salt(params)))
+
+
+@app.command()
+def pseudolabel(
+    ingested: Annotated[Path, typer.Option("--ingested", help="Output folder of `ingest`.")],
+    findings: Annotated[Path, typer.Option("--findings", help="Output folder of `reports`.")],
+    out: OutOpt,
+    params_file: ParamsOpt = Path("params.yaml"),
+    truth: TruthOpt = None,
+) -> None:
+    """Teacher prediction fused with the report's knowledge prior: pseudo-masks and confidence for unlabelled studies."""
+    from medsegllm.pseudolabel.run import run_pseudolabel
+
+    params = _params(params_file)
+    _print(run_pseudolabel(ingested, findings, out, params, truth_dir=truth, salt=_salt(params) if truth else None))
+
+
+@app.command()
+def train(
+    ingested: Annotated[Path, typer.Option("--ingested", help="Output folder of `ingest`.")],
+    findings: Annotated[Path, typer.Option("--findings", help="Output folder of `reports`.")],
+    out: OutOpt,
+    pseudolabels: Annotated[Optional[Path], typer.Option("--pseudolabels", help="Output folder of `pseudolabel`.")] = None,
+    params_file: ParamsOpt = Path("params.yaml"),
+    resume: Annotated[bool, typer.Option(help="Continue from the last epoch checkpoint in --out.")] = False,
+) -> None:
+    """Train the segmentation model (alignment, DAN, PDM as set in params); CUDA when present."""
+    from medsegllm.train.run import run_train
+
+    params = _params(params_file)
+    _print(run_train(ingested, findings, pseudolabels, out, params, resume=resume))
+
+
+@app.command()
+def validate(
+    model: Annotated[Path, typer.Option("--model", help="Checkpoint written by `train` (model.pt).")],
+    ingested: Annotated[Path, typer.Option("--ingested", help="Output folder of `ingest`.")],
+    out: OutOpt,
+    params_file: ParamsOpt = Path("params.yaml"),
+    truth: TruthOpt = None,
+    pseudolabels: Annotated[Optional[Path], typer.Option("--pseudolabels", help="For pseudo-label quality in the report.")] = None,
+    train_dir: Annotated[Optional[Path], typer.Option("--train-dir", help="For the training curve in the report.")] = None,
+) -> None:
+    """Dice/HD95 per device and modality, cross-device JS divergence, model gates; exits 1 when a gate fails."""
+    from medsegllm.validate.run import GateFailed, run_validate
+
+    params = _params(params_file)
+    try:
+        result = run_validate(model, ingested, out, params, truth_dir=truth, salt=_salt(params) if truth else None,
+                              pseudo_dir=pseudolabels, train_dir=train_dir)
+    except GateFailed as exc:
+        _fail(f"validation gate failed:\n{exc}")
+    _print(result)
+
+
+@app.command()
+def register(
+    model: Annotated[Path, typer.Option("--model", help="Checkpoint written by `train` (model.pt).")],
+    validation: Annotated[Path, typer.Option("--validation", help="Output folder of `validate`.")],
+    out: OutOpt,
+    params_file: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Register the model in MLflow; alias `champion` moves only if the gates passed and it beats the champion."""
+    from medsegllm.register.run import run_register
+
+    params = _params(params_file)
+    _print(run_register(model, validation, out, params))
+
+
+@app.command()
+def check(
+    stage: Annotated[str, typer.Argument(help="ingest, reports, pseudolabel, train, validate or register.")],
+    out: Annotated[Path, typer.Argument(help="That stage's output folder.")],
+) -> None:
+    """Run a stage's Great Expectations data gate; exits 1 with the failed expectations when the data is wrong."""
+    from medsegllm.gates.run import DataGateFailed, run_check
+
+    try:
+        report = run_check(stage, out)
+    except (DataGateFailed, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{stage}: {report['n_checks']} data checks passed ({report['seconds']} s)")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="medsegllm")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Helpers every stage shares: atomic I/O, pseudonyms, table schemas, splits, logging."""

@@ -1,0 +1,1 @@
+"""Ingest: DICOM folder tree in; de-identified, harmonized volumes, labels and a manifest out."""

@@ -1,0 +1,29 @@
+"""The only identifiers that leave ingest: salted pseudonyms and a scanner slug."""
+
+from __future__ import annotations
+
+import re
+
+from medsegllm.common.deid import pseudonym
+
+
+def slug(text: str) -> str:
+    """Lower-case, every run of non-alphanumerics collapsed to one underscore, trimmed."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def device_id(manufacturer: str, model_name: str) -> str:
+    """slug(Manufacturer) + "_" + slug(ManufacturerModelName); 'unknown' for a missing part or both."""
+    if not slug(manufacturer) and not slug(model_name):
+        return "unknown"
+    return f"{slug(manufacturer) or 'unknown'}_{slug(model_name) or 'unknown'}"
+
+
+def pseudonyms(series_uid: str, study_uid: str, patient_id: str, accession: str, salt: str) -> dict[str, str]:
+    """Manifest identity columns; the reports stage derives accession_id with the same function."""
+    return {
+        "series_id": pseudonym(series_uid, salt),
+        "study_id": pseudonym(study_uid, salt),
+        "patient_id": pseudonym(patient_id, salt),
+        "accession_id": pseudonym(accession, salt),
+    }

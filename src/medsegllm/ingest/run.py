@@ -1,0 +1,176 @@
+"""`run_ingest`: DICOM folder tree -> harmonized volumes, labels, manifest, quarantine, summary.
+
+Accounting is exact: every input file is an image of an accepted series, a label, a report
+(routed to the reports stage) or a quarantine row, and the summary asserts that they add up.
+Reruns are incremental: a series whose input hash and outputs are unchanged is not recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from medsegllm.common.io import write_json, write_parquet
+from medsegllm.common.schemas import MANIFEST, QUARANTINE
+from medsegllm.config import IngestParams
+from medsegllm.ingest.identity import device_id, pseudonyms
+from medsegllm.ingest.scan import ImageHeader, ScanResult, SegHeader, scan
+from medsegllm.ingest.series import SeriesJob, SeriesOutcome, process_series
+
+log = logging.getLogger(__name__)
+HARMONIZE_KEYS = ("target_spacing", "ct_window", "mr_percentiles", "histogram_bins")
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_hash(files: list[Path], params: IngestParams) -> str:
+    """sha256 over the sorted content digests of the series' images and SEGs, plus the
+    harmonization params (a changed spacing or window must not reuse old volumes); renames and
+    moves do not change it."""
+    digest = hashlib.sha256(json.dumps(params.model_dump(include=set(HARMONIZE_KEYS)), sort_keys=True).encode())
+    for item in sorted(file_digest(p) for p in files):
+        digest.update(item.encode())
+    return digest.hexdigest()
+
+
+def _seg_targets(scanned: ScanResult, series: dict[str, list[ImageHeader]]) -> tuple[dict[str, list[Path]], list[tuple[Path, str]]]:
+    """Attach each SEG to the one series it references (by series UID, else by instance UIDs)."""
+    sop_to_series = {h.sop_uid: uid for uid, headers in series.items() for h in headers}
+    attached: dict[str, list[Path]] = defaultdict(list)
+    rejected: list[tuple[Path, str]] = []
+    for seg in scanned.segs:
+        targets = _targets(seg, series, sop_to_series)
+        if len(targets) == 1:
+            attached[targets.pop()].append(seg.path)
+        elif targets:
+            rejected.append((seg.path, "SEG references more than one series"))
+        else:
+            rejected.append((seg.path, "SEG references no image series in the input"))
+    return attached, rejected
+
+
+def _targets(seg: SegHeader, series: dict[str, list[ImageHeader]], sop_to_series: dict[str, str]) -> set[str]:
+    by_series = {uid for uid in seg.referenced_series if uid in series}
+    return by_series or {sop_to_series[s] for s in seg.referenced_sops if s in sop_to_series}
+
+
+def _previous_rows(out_dir: Path) -> dict[str, dict]:
+    path = out_dir / "manifest.parquet"
+    if not path.exists():
+        return {}
+    return {row["series_id"]: row for row in pq.read_table(path).to_pylist()}
+
+
+def _reusable(row: dict | None, job: SeriesJob) -> bool:
+    """Same inputs and outputs still on disk; SEG outcomes are not stored, so only a clean label is reused."""
+    if row is None or row["input_hash"] != job.input_hash or not (job.out_dir / row["volume_path"]).exists():
+        return False
+    if job.seg_files:
+        return len(job.seg_files) == 1 and bool(row["has_label"]) and (job.out_dir / row["label_path"]).exists()
+    return not row["has_label"]
+
+
+def _jobs(series: dict[str, list[ImageHeader]], segs: dict[str, list[Path]], out_dir: Path, params: IngestParams, salt: str) -> list[SeriesJob]:
+    jobs = []
+    for uid in sorted(series):
+        headers = sorted(series[uid], key=lambda h: str(h.path))
+        first = headers[0]
+        files = [h.path for h in headers]
+        jobs.append(
+            SeriesJob(
+                files=files,
+                seg_files=sorted(segs.get(uid, [])),
+                out_dir=out_dir,
+                params=params,
+                identity=pseudonyms(uid, first.study_uid, first.patient_id, first.accession, salt),
+                modality=first.modality,
+                manufacturer=first.manufacturer,
+                model_name=first.model_name,
+                device_id=device_id(first.manufacturer, first.model_name),
+                input_hash=input_hash(files + sorted(segs.get(uid, [])), params),
+            )
+        )
+    return jobs
+
+
+def _run_jobs(jobs: list[SeriesJob], workers: int) -> list[tuple[SeriesJob, SeriesOutcome]]:
+    progress = tqdm(total=len(jobs), desc="ingest series", unit="series", file=sys.stderr, disable=not jobs)
+    results = []
+    with progress:
+        if workers <= 1:
+            for job in jobs:
+                results.append((job, process_series(job)))
+                progress.update()
+        else:
+            # spawn, not fork: a forked child of a process that already runs torch threads can deadlock
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(process_series, job): job for job in jobs}
+                for future in as_completed(futures):
+                    results.append((futures[future], future.result()))
+                    progress.update()
+    return results
+
+
+def run_ingest(input_dir: Path, out_dir: Path, params: IngestParams, salt: str, workers: int = 1) -> dict:
+    """Scan, group, assemble, harmonize and de-identify; write volumes/, labels/ and the tables."""
+    start = time.perf_counter()
+    input_dir, out_dir = Path(input_dir), Path(out_dir)
+    scanned = scan(input_dir)
+    series: dict[str, list[ImageHeader]] = defaultdict(list)
+    for header in scanned.images:
+        series[header.series_uid].append(header)
+    segs, quarantine = _seg_targets(scanned, series)
+    quarantine = scanned.quarantine + quarantine
+    previous = _previous_rows(out_dir)
+    rows, todo, n_images, n_labels = [], [], 0, 0
+    for job in _jobs(series, segs, out_dir, params, salt):
+        row = previous.get(job.identity["series_id"])
+        if _reusable(row, job):
+            rows.append(row)
+            n_images += len(job.files)
+            n_labels += len(job.seg_files)
+        else:
+            todo.append(job)
+    n_reused = len(rows)
+    for job, outcome in _run_jobs(todo, workers):
+        quarantine += outcome.quarantine
+        n_labels += outcome.n_label_files
+        if outcome.row is not None:
+            rows.append(outcome.row)
+            n_images += len(job.files)
+    rows.sort(key=lambda r: r["series_id"])
+    quarantine_rows = sorted(({"path": p.relative_to(input_dir).as_posix(), "reason": r} for p, r in quarantine), key=lambda r: r["path"])
+    write_parquet(out_dir / "manifest.parquet", pa.Table.from_pylist(rows, schema=MANIFEST))
+    write_parquet(out_dir / "quarantine.parquet", pa.Table.from_pylist(quarantine_rows, schema=QUARANTINE))
+    summary = {
+        "n_files": scanned.n_files,
+        "n_series": len(rows),
+        "n_reused_series": n_reused,
+        "n_image_files": n_images,
+        "n_label_files": n_labels,
+        "n_report_files": len(scanned.reports),
+        "n_quarantined_files": len(quarantine_rows),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    accounted = n_images + n_labels + summary["n_report_files"] + summary["n_quarantined_files"]
+    assert accounted == scanned.n_files, f"ingest accounting: {accounted} classified != {scanned.n_files} files"
+    write_json(out_dir / "summary.json", summary)
+    log.info("ingest: %d series (%d reused), %d files quarantined", len(rows), n_reused, len(quarantine_rows))
+    return summary

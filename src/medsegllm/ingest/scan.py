@@ -1,0 +1,163 @@
+"""Walk a folder tree and classify every file from its header alone (no pixel data read).
+
+Every file ends in exactly one bucket (image, label, report, quarantine), so the stage can prove
+that nothing was dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+# Single-frame image storage classes the geometry code understands.
+IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
+}
+# Enhanced (multi-frame) CT/MR storage: recognised so they get an explicit reason.
+ENHANCED_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT
+    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT
+    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR
+    "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color
+    "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR
+}
+MULTIFRAME_REASON = "multi-frame not supported (enhanced or multi-frame CT/MR object)"
+
+
+@dataclass
+class ImageHeader:
+    """What grouping and de-identification need from one image file; raw IDs never leave the scan."""
+
+    path: Path
+    series_uid: str
+    study_uid: str
+    patient_id: str
+    accession: str
+    sop_uid: str
+    modality: str
+    manufacturer: str
+    model_name: str
+
+
+@dataclass
+class SegHeader:
+    path: Path
+    referenced_series: set[str]
+    referenced_sops: set[str]
+
+
+@dataclass
+class ScanResult:
+    n_files: int = 0
+    images: list[ImageHeader] = field(default_factory=list)
+    segs: list[SegHeader] = field(default_factory=list)
+    reports: list[Path] = field(default_factory=list)
+    quarantine: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def iter_files(root: Path) -> list[Path]:
+    """All regular files under `root`, any nesting and any name, in a stable order."""
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def read_header(path: Path) -> pydicom.Dataset:
+    """Header only; files without the DICOM preamble are accepted if they parse as a raw dataset."""
+    if path.stat().st_size == 0:
+        raise ValueError("empty file")
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        if "SOPClassUID" not in ds or "Modality" not in ds:
+            raise ValueError("not a DICOM file") from None
+        return ds
+
+
+def _sop_class(ds: pydicom.Dataset) -> str:
+    """SOPClassUID, else the file meta's copy of it (some exporters leave the dataset's empty)."""
+    value = ds.get("SOPClassUID")
+    meta = getattr(ds, "file_meta", None)
+    if not value and meta is not None:
+        value = meta.get("MediaStorageSOPClassUID")
+    return str(value or "")
+
+
+def _seg_references(ds: pydicom.Dataset) -> tuple[set[str], set[str]]:
+    series = {str(item.SeriesInstanceUID) for item in ds.get("ReferencedSeriesSequence", []) if "SeriesInstanceUID" in item}
+    sops: set[str] = set()
+    for frame in ds.get("PerFrameFunctionalGroupsSequence", []):
+        for derivation in frame.get("DerivationImageSequence", []):
+            for source in derivation.get("SourceImageSequence", []):
+                sops.add(str(source.ReferencedSOPInstanceUID))
+    for item in ds.get("ReferencedSeriesSequence", []):
+        for ref in item.get("ReferencedInstanceSequence", []):
+            sops.add(str(ref.ReferencedSOPInstanceUID))
+    return series, sops
+
+
+def classify(path: Path, ds: pydicom.Dataset, result: ScanResult, root: Path) -> None:
+    """Put one parsed file in its bucket; the reason names the modality, never a header value that identifies."""
+    modality = str(ds.get("Modality", "") or "").upper().strip()
+    sop_class = _sop_class(ds)
+    if modality == "SEG":
+        series, sops = _seg_references(ds)
+        result.segs.append(SegHeader(path, series, sops))
+    elif modality == "SR":
+        result.reports.append(path)
+    elif modality not in ("CT", "MR"):
+        result.quarantine.append((path, f"not a CT/MR image: {modality or 'no modality'}"))
+    elif sop_class in ENHANCED_SOP_CLASSES or int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        result.quarantine.append((path, MULTIFRAME_REASON))
+    elif sop_class and sop_class not in IMAGE_SOP_CLASSES:
+        result.quarantine.append((path, f"not a CT/MR image: {modality} object of an unsupported storage class"))
+    elif "Rows" not in ds or "Columns" not in ds:
+        result.quarantine.append((path, "CT/MR file without image attributes"))
+    else:
+        result.images.append(_image_header(path, ds, modality, root))
+
+
+def _image_header(path: Path, ds: pydicom.Dataset, modality: str, root: Path) -> ImageHeader:
+    """Blank UIDs (some anonymizers empty them) fall back to the folder as the series key, and the
+    study, patient and accession keys fall back to the series key, so blank never means shared."""
+    series = str(ds.get("SeriesInstanceUID", "") or "") or f"folder:{path.parent.relative_to(root).as_posix()}"
+    study = str(ds.get("StudyInstanceUID", "") or "") or series
+    meta = getattr(ds, "file_meta", None)
+    sop = str(ds.get("SOPInstanceUID", "") or "") or str((meta.get("MediaStorageSOPInstanceUID") if meta else "") or "")
+    return ImageHeader(
+        path=path,
+        series_uid=series,
+        study_uid=study,
+        patient_id=str(ds.get("PatientID", "") or "") or study,
+        accession=str(ds.get("AccessionNumber", "") or "") or series,
+        sop_uid=sop,
+        modality=modality,
+        manufacturer=str(ds.get("Manufacturer", "") or ""),
+        model_name=str(ds.get("ManufacturerModelName", "") or ""),
+    )
+
+
+def scan(root: Path) -> ScanResult:
+    """Classify every file under `root`; a file that cannot be read is quarantined, never raised."""
+    result = ScanResult()
+    for path in iter_files(root):
+        result.n_files += 1
+        try:
+            ds = read_header(path)
+        except Exception as exc:  # any parse failure is a property of the file, not of the batch
+            result.quarantine.append((path, f"unreadable: {_describe(exc)}"))
+            continue
+        classify(path, ds, result, root)
+    return result
+
+
+def _describe(exc: Exception) -> str:
+    """A short, header-free description of a read failure."""
+    if isinstance(exc, ValueError) and str(exc) in ("empty file", "not a DICOM file"):
+        return str(exc)
+    if isinstance(exc, (EOFError, OSError)) or "end of file" in str(exc).lower():
+        return "truncated or corrupt file"
+    return f"not a valid DICOM file ({type(exc).__name__})"

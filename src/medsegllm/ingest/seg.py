@@ -1,0 +1,90 @@
+"""DICOM SEG -> a label map on the referenced series' (X, Y, Z) grid, classes from SEG_CLASSES.
+
+Frames are matched to slices by ReferencedSOPInstanceUID, else by plane position along the slice
+normal. Classes are painted in SEG_CLASSES order, so a lesion overrides the organ it sits in.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medsegllm.knowledge import SEG_CLASSES
+
+log = logging.getLogger(__name__)
+
+
+class SegError(ValueError):
+    """A SEG that cannot be placed on its series; the message is the quarantine reason."""
+
+
+@dataclass
+class SliceIndex:
+    """Where each source slice sits in the assembled volume."""
+
+    sop_to_z: dict[str, int]
+    along: np.ndarray  # position of each z slice along the normal, mm
+    normal: np.ndarray  # LPS
+    shape: tuple[int, int, int]
+
+
+def _frame_item(seg, frame: int, keyword: str):
+    groups = seg.PerFrameFunctionalGroupsSequence[frame]
+    if keyword in groups:
+        return getattr(groups, keyword)[0]
+    shared = seg.get("SharedFunctionalGroupsSequence")
+    if shared and keyword in shared[0]:
+        return getattr(shared[0], keyword)[0]
+    return None
+
+
+def _frame_slice(seg, frame: int, index: SliceIndex) -> int:
+    derivation = _frame_item(seg, frame, "DerivationImageSequence")
+    if derivation is not None:
+        for source in derivation.get("SourceImageSequence", []):
+            z = index.sop_to_z.get(str(source.ReferencedSOPInstanceUID))
+            if z is not None:
+                return z
+    plane = _frame_item(seg, frame, "PlanePositionSequence")
+    if plane is None:
+        raise SegError("SEG frame references no slice of the series and has no plane position")
+    along = float(np.asarray([float(v) for v in plane.ImagePositionPatient]) @ index.normal)
+    distances = np.abs(index.along - along)
+    z = int(np.argmin(distances))
+    tolerance = 0.25 * (float(np.min(np.diff(index.along))) if len(index.along) > 1 else 1.0)
+    if distances[z] > tolerance:
+        raise SegError("SEG frame position matches no slice of the series")
+    return z
+
+
+def seg_label_map(path: Path, index: SliceIndex) -> np.ndarray:
+    """uint8 (X, Y, Z) label map of one SEG file; unknown segment labels are skipped with a warning."""
+    import highdicom as hd
+
+    seg = hd.seg.segread(path)
+    numbers_to_class: dict[int, int] = {}
+    for item in seg.SegmentSequence:
+        name = str(item.SegmentLabel).strip().lower()
+        if name in SEG_CLASSES[1:]:
+            numbers_to_class[int(item.SegmentNumber)] = SEG_CLASSES.index(name)
+        else:
+            log.warning("SEG segment %d has a label outside the class vocabulary; skipped", int(item.SegmentNumber))
+    frames = seg.pixel_array
+    frames = frames[None] if frames.ndim == 2 else frames
+    if frames.shape[1:] != (index.shape[1], index.shape[0]):
+        raise SegError("SEG frame size differs from the referenced series")
+    threshold = float(seg.get("MaximumFractionalValue", 2)) / 2 if seg.SegmentationType == "FRACTIONAL" else 0.5
+    masks = {c: np.zeros(index.shape, dtype=bool) for c in set(numbers_to_class.values())}
+    for frame in range(frames.shape[0]):
+        ident = _frame_item(seg, frame, "SegmentIdentificationSequence")
+        cls = numbers_to_class.get(int(ident.ReferencedSegmentNumber)) if ident is not None else None
+        if cls is None:
+            continue
+        masks[cls][:, :, _frame_slice(seg, frame, index)] |= frames[frame].T >= threshold
+    label = np.zeros(index.shape, dtype=np.uint8)
+    for cls in sorted(masks):
+        label[masks[cls]] = cls
+    return label

@@ -1,0 +1,1 @@
+"""The segmentation model: MONAI backbone, text-conditioned head, DAN, PDM, losses, checkpoints."""

@@ -1,0 +1,73 @@
+"""Domain Awareness Normalization: per-device BatchNorm branches plus a shared branch.
+
+Each scanner gets its own statistics and affine, so intensity/texture shifts between devices are
+normalized away; a shared branch, trained on a random share of every device's samples, serves
+devices never seen in training.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class DomainRouter:
+    """Per-forward routing state shared by every DAN layer of one model.
+
+    `route` holds, per sample, the branch index: 0..n_devices-1 for a device branch, -1 for the
+    shared branch. It is a plain object (not a module) so it is not part of the state dict.
+    """
+
+    def __init__(self, n_devices: int) -> None:
+        self.n_devices = n_devices
+        self.device_idx: torch.Tensor | None = None
+        self.route: torch.Tensor | None = None
+
+    def set(self, device_idx: torch.Tensor, training: bool, shared_prob: float) -> None:
+        """Pick each sample's branch; unseen devices (-1 or >= n_devices) take the shared path."""
+        device_idx = device_idx.long()
+        unseen = (device_idx < 0) | (device_idx >= self.n_devices)
+        route = torch.where(unseen, torch.full_like(device_idx, -1), device_idx)
+        if training and shared_prob > 0:
+            shared = torch.rand(route.shape[0]) < shared_prob
+            route = torch.where(shared.to(route.device), torch.full_like(route, -1), route)
+        self.device_idx = device_idx
+        self.route = route
+
+
+class DomainAwareNorm(nn.Module):
+    """BatchNorm with one branch per device and one shared branch, routed per sample."""
+
+    def __init__(self, num_features: int, n_devices: int, router: DomainRouter) -> None:
+        super().__init__()
+        self.device_norms = nn.ModuleList(nn.BatchNorm2d(num_features) for _ in range(n_devices))
+        self.shared_norm = nn.BatchNorm2d(num_features)
+        self._router = router
+
+    def branch(self, index: int) -> nn.BatchNorm2d:
+        return self.shared_norm if index < 0 else self.device_norms[index]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        route = self._router.route
+        if route is None or route.shape[0] != x.shape[0]:
+            raise RuntimeError("DAN routing not set for this batch: call the model with device_idx")
+        groups = torch.unique(route).tolist()
+        if len(groups) == 1:
+            return self.branch(groups[0])(x)
+        out = torch.empty_like(x)
+        for g in groups:
+            idx = torch.nonzero(route == g).squeeze(1)
+            out = out.index_copy(0, idx, self.branch(g)(x.index_select(0, idx)))
+        return out
+
+
+def replace_batchnorm(module: nn.Module, n_devices: int, router: DomainRouter) -> int:
+    """Swap every BatchNorm2d under `module` for a DomainAwareNorm; returns how many were swapped."""
+    count = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, DomainAwareNorm(child.num_features, n_devices, router))
+            count += 1
+        else:
+            count += replace_batchnorm(child, n_devices, router)
+    return count

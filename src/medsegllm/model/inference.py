@@ -1,0 +1,64 @@
+"""Slice-wise inference on whole volumes: class probabilities and pooled bottleneck features."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+from torch import nn
+
+
+def _slices(volume: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(X,Y,Z) volume -> (Z,1,X,Y) axial slices."""
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume.astype(np.float32), 2, 0)))[:, None].to(device)
+
+
+def _device_tensor(model: nn.Module, device_id: str, n: int, device: torch.device) -> torch.Tensor:
+    return torch.full((n,), model.device_index(device_id), dtype=torch.long, device=device)
+
+
+def predict_volume(model: nn.Module, volume: np.ndarray, device_id: str, batch_size: int = 32) -> np.ndarray:
+    """Softmax probabilities (C,X,Y,Z) from sliding-window inference over axial slices.
+
+    A device not seen in training is routed through DAN's shared path; the baseline ignores it.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    slices = _slices(volume, device)
+
+    def predictor(window: torch.Tensor) -> torch.Tensor:
+        return model(window, _device_tensor(model, device_id, window.shape[0], device))
+
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, slices.shape[0], batch_size):
+            logits = sliding_window_inference(
+                slices[start : start + batch_size], roi_size=model.roi_size, sw_batch_size=batch_size,
+                predictor=predictor, overlap=0.25, mode="gaussian",
+            )
+            outputs.append(torch.softmax(logits.float(), dim=1).cpu())
+    probs = torch.cat(outputs).numpy()  # (Z,C,X,Y)
+    return np.ascontiguousarray(np.moveaxis(probs, 0, -1))
+
+
+def bottleneck_features(model: nn.Module, volume: np.ndarray, device_id: str, batch_size: int = 32) -> np.ndarray:
+    """Globally average-pooled bottleneck features per axial slice (Z,F), for cross-device JS.
+
+    Whole slices are zero-padded to a multiple of the network's total stride instead of windowed,
+    so each slice gives one feature vector.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    slices = _slices(volume, device)
+    stride = 2 ** (len(model.train_params.channels) - 1)
+    pad_x = (-slices.shape[2]) % stride
+    pad_y = (-slices.shape[3]) % stride
+    slices = F.pad(slices, (0, pad_y, 0, pad_x))
+    feats = []
+    with torch.no_grad():
+        for start in range(0, slices.shape[0], batch_size):
+            batch = slices[start : start + batch_size]
+            bottleneck = model.outputs(batch, _device_tensor(model, device_id, batch.shape[0], device))["bottleneck"]
+            feats.append(bottleneck.float().mean(dim=(2, 3)).cpu())
+    return torch.cat(feats).numpy()

@@ -1,0 +1,177 @@
+"""Networks: the text-conditioned MedSegLLM model and the plain MONAI U-Net baseline.
+
+The head scores each pixel by cosine similarity to the frozen class-prompt embeddings, so the
+classes live in the text space of the reports (which the alignment loss shapes) while inference
+needs no report. The cosine is computed in factored form (linear projection folded into the
+prompts, norm via a Gram matrix) so the 384-d pixel embeddings are never materialized in the
+training loop; `pixel_embeddings` gives them explicitly when wanted.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import SegResNet, UNet
+from monai.networks.nets.unet import SkipConnection
+from torch import nn
+
+from medsegllm.config import TrainParams
+from medsegllm.model.dan import DomainRouter, replace_batchnorm
+from medsegllm.model.pdm import ProgressiveDomainMixing
+
+
+def _unet(train: TrainParams, out_channels: int, norm: str) -> UNet:
+    return UNet(
+        spatial_dims=train.spatial_dims,
+        in_channels=1,
+        out_channels=out_channels,
+        channels=tuple(train.channels),
+        strides=(2,) * (len(train.channels) - 1),
+        num_res_units=1,
+        norm=norm,
+    )
+
+
+def _unet_encoder_stages(unet: UNet) -> list[tuple[nn.Module, str]]:
+    """(parent, attribute) of each down layer, outermost first, then the bottom layer."""
+    stages: list[tuple[nn.Module, str]] = []
+    node: nn.Module = unet.model
+    while True:
+        stages.append((node, "0"))
+        skip = node[1]
+        inner = skip.submodule
+        if not (isinstance(inner, nn.Sequential) and len(inner) == 3 and isinstance(inner[1], SkipConnection)):
+            stages.append((skip, "submodule"))
+            return stages
+        node = inner
+
+
+def _segresnet_encoder_stages(net: SegResNet) -> list[tuple[nn.Module, str]]:
+    return [(net.down_layers, str(i)) for i in range(len(net.down_layers))]
+
+
+class _Base(nn.Module):
+    """Common plumbing: device routing, a bottleneck hook and the metadata inference needs."""
+
+    def __init__(self, train: TrainParams, device_ids: list[str]) -> None:
+        super().__init__()
+        self.train_params = train
+        self.device_ids = list(device_ids)
+        self.roi_size = tuple(train.roi_size)
+        self.router = DomainRouter(len(device_ids))
+        self._bottleneck: torch.Tensor | None = None
+
+    def _hook_bottleneck(self, module: nn.Module) -> None:
+        module.register_forward_hook(self._keep_bottleneck)
+
+    def _keep_bottleneck(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        self._bottleneck = output
+
+    def device_index(self, device_id: str) -> int:
+        """Branch index of a device; -1 (DAN's shared path) for a device never seen in training."""
+        return self.device_ids.index(device_id) if device_id in self.device_ids else -1
+
+    def forward(self, x: torch.Tensor, device_idx: torch.Tensor | None = None) -> torch.Tensor:
+        return self.outputs(x, device_idx)["logits"]
+
+
+class BaselineUNet(_Base):
+    """A plain MONAI U-Net (instance norm, C outputs): the comparison baseline; device is ignored."""
+
+    variant = "unet_baseline"
+
+    def __init__(self, train: TrainParams, device_ids: list[str], n_classes: int) -> None:
+        super().__init__(train, device_ids)
+        self.backbone = _unet(train, n_classes, norm="instance")
+        parent, name = _unet_encoder_stages(self.backbone)[-1]
+        self._hook_bottleneck(getattr(parent, name))
+
+    def outputs(self, x: torch.Tensor, device_idx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        logits = self.backbone(x)
+        return {"logits": logits, "bottleneck": self._bottleneck}
+
+
+class MedSegNet(_Base):
+    """MONAI backbone with DAN + PDM and a cosine head against frozen text prompts."""
+
+    variant = "medsegllm"
+
+    def __init__(
+        self, train: TrainParams, device_ids: list[str], class_prompts: np.ndarray, subtype_prompts: np.ndarray
+    ) -> None:
+        super().__init__(train, device_ids)
+        n_features = train.channels[0]
+        if train.backbone == "unet":
+            self.backbone = _unet(train, n_features, norm="batch")
+            stages = _unet_encoder_stages(self.backbone)
+        else:
+            self.backbone = SegResNet(
+                spatial_dims=train.spatial_dims,
+                init_filters=train.channels[0],
+                in_channels=1,
+                out_channels=n_features,
+                blocks_down=(1,) * len(train.channels),
+                blocks_up=(1,) * (len(train.channels) - 1),
+                norm="batch",
+            )
+            stages = _segresnet_encoder_stages(self.backbone)
+        parent, name = stages[-1]
+        self._hook_bottleneck(getattr(parent, name))
+        if train.dan.enabled:
+            replace_batchnorm(self.backbone, len(device_ids), self.router)
+        if train.pdm.enabled:
+            for parent, name in stages[:-1][:2]:
+                setattr(parent, name, nn.Sequential(getattr(parent, name), ProgressiveDomainMixing(self.router, train.pdm.beta)))
+        text_dim = class_prompts.shape[1]
+        self.proj = nn.Conv2d(n_features, text_dim, kernel_size=1)
+        self.register_buffer("class_prompts", F.normalize(torch.as_tensor(np.asarray(class_prompts), dtype=torch.float32), dim=1))
+        self.register_buffer("subtype_prompts", F.normalize(torch.as_tensor(np.asarray(subtype_prompts), dtype=torch.float32), dim=1))
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.class_bias = nn.Parameter(torch.zeros(class_prompts.shape[0]))
+
+    def outputs(self, x: torch.Tensor, device_idx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """logits (B,C,H,W), features (B,F,H,W), embedding norms (B,H,W) and the bottleneck map."""
+        if device_idx is None:
+            device_idx = torch.full((x.shape[0],), -1, dtype=torch.long)
+        self.router.set(device_idx.to(x.device), self.training, self.train_params.dan.shared_prob)
+        features = self.backbone(x)
+        weight = self.proj.weight.flatten(1).float()  # (D, F)
+        bias = self.proj.bias.float()
+        f = features.float()
+        gram_f = torch.einsum("fg,bghw->bfhw", weight.T @ weight, f)
+        sq = (f * gram_f).sum(1) + 2 * torch.einsum("f,bfhw->bhw", weight.T @ bias, f) + bias @ bias
+        norm = sq.clamp_min(1e-12).sqrt()
+        prompt_w = self.class_prompts @ weight  # (C, F)
+        dot = torch.einsum("cf,bfhw->bchw", prompt_w, f) + (self.class_prompts @ bias)[None, :, None, None]
+        scale = self.log_scale.clamp(max=math.log(100.0)).exp()
+        logits = scale * dot / norm[:, None] + self.class_bias[None, :, None, None]
+        return {"logits": logits, "features": f, "norm": norm, "bottleneck": self._bottleneck}
+
+    def pixel_embeddings(self, features: torch.Tensor) -> torch.Tensor:
+        """Explicit L2-normalized 384-d pixel embeddings (B,D,H,W)."""
+        return F.normalize(self.proj(features), dim=1)
+
+    def pooled_embedding(self, out: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """Mean of the normalized pixel embeddings over `mask` (B,H,W), renormalized: (B,D).
+
+        Exact and cheap: the mean of (W f + b) / |W f + b| is W g + b h with mask-weighted means g, h.
+        """
+        m = mask.float()
+        count = m.sum(dim=(1, 2)).clamp_min(1.0)
+        inv = m / out["norm"]
+        g = torch.einsum("bhw,bfhw->bf", inv, out["features"]) / count[:, None]
+        h = inv.sum(dim=(1, 2)) / count
+        weight = self.proj.weight.flatten(1).float()
+        return F.normalize(g @ weight.T + h[:, None] * self.proj.bias.float()[None], dim=1)
+
+
+def build_model(
+    train: TrainParams, device_ids: list[str], class_prompts: np.ndarray, subtype_prompts: np.ndarray
+) -> nn.Module:
+    """The network of `train.variant`; prompts are frozen buffers so inference needs no report."""
+    if train.variant == "unet_baseline":
+        return BaselineUNet(train, device_ids, n_classes=np.asarray(class_prompts).shape[0])
+    return MedSegNet(train, device_ids, class_prompts, subtype_prompts)

@@ -1,0 +1,119 @@
+"""The pseudolabel stage: teacher on the few labels + report prior -> masks with confidence."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from medsegllm.common.io import load_nifti, save_nifti, write_json, write_parquet
+from medsegllm.common.schemas import PSEUDOLABELS
+from medsegllm.config import Params
+from medsegllm.knowledge import LESION_CLASS, SEG_CLASSES
+from medsegllm.model.checkpoint import model_meta, save_checkpoint
+from medsegllm.model.inference import predict_volume
+from medsegllm.model.network import build_model
+from medsegllm.pseudolabel.prior import fuse, knowledge_prior, pseudo_label
+from medsegllm.train.data import build_samples, load_findings, load_prompts, train_split
+from medsegllm.train.engine import train_model
+
+log = logging.getLogger(__name__)
+
+
+def teacher_params(params: Params) -> Params:
+    """The teacher: the full model trained on voxel labels only, without report-driven terms."""
+    raw = params.model_dump(by_alias=True)
+    raw["train"].update(variant="medsegllm", epochs=params.pseudolabel.teacher_epochs)
+    for term in ("alignment", "kl", "pseudolabels"):
+        raw["train"][term]["enabled"] = False
+    return Params.model_validate(raw)
+
+
+def lesion_dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Lesion-class Dice; 1.0 when both are empty (a correctly lesion-free study)."""
+    p, t = pred == LESION_CLASS, truth == LESION_CLASS
+    total = p.sum() + t.sum()
+    return 1.0 if total == 0 else float(2.0 * (p & t).sum() / total)
+
+
+def _report(findings: pd.DataFrame, accession_id: str) -> tuple[list[dict], bool]:
+    """(lesions, tumour_present) of the study's report; no report means no lesion prior."""
+    if accession_id not in findings.index:
+        return [], False
+    row = findings.loc[accession_id]
+    lesions = json.loads(row["lesions_json"]) if isinstance(row["lesions_json"], str) else []
+    return lesions, bool(row["tumour_present"])
+
+
+def run_pseudolabel(
+    ingest_dir: Path, findings_dir: Path, out_dir: Path, params: Params, truth_dir: Path | None = None, salt: str | None = None
+) -> dict:
+    """Train the teacher, then write a fused pseudo-label and confidence map per unlabelled train series."""
+    t0 = time.perf_counter()
+    ingest_dir, out_dir = Path(ingest_dir), Path(out_dir)
+    tparams = teacher_params(params)
+    samples = build_samples(ingest_dir, findings_dir, None, tparams, labelled_only=True)
+    class_prompts, subtype_prompts = load_prompts(findings_dir)
+    teacher = build_model(tparams.train, samples.device_ids, class_prompts, subtype_prompts)
+    train_result = train_model(teacher, samples, tparams, out_dir / "teacher_run")
+    save_checkpoint(out_dir / "teacher.pt", teacher, model_meta(teacher, list(SEG_CLASSES), {"seed": params.seed}))
+
+    truth: dict[str, Path] = {}
+    if truth_dir is not None and salt is not None:
+        from medsegllm.common.truth import truth_index, truth_on_grid
+
+        truth = {str(k): Path(v) for k, v in truth_index(Path(truth_dir), salt).items()}
+    findings = load_findings(findings_dir)
+    rows = train_split(ingest_dir, params)
+    alpha, threshold = params.pseudolabel.alpha, params.pseudolabel.confidence_threshold
+    records = []
+    for row in rows[~rows["has_label"].astype(bool)].itertuples(index=False):
+        volume, affine = load_nifti(ingest_dir / row.volume_path)
+        probs = predict_volume(teacher, np.asarray(volume, dtype=np.float32), row.device_id)
+        lesions, tumour = _report(findings, row.accession_id)
+        fused = fuse(probs, knowledge_prior(probs, lesions, tumour, affine), alpha)
+        mask, confidence, weight = pseudo_label(fused, threshold)
+        mask_rel, conf_rel = f"masks/{row.series_id}.nii.gz", f"confidence/{row.series_id}.nii.gz"
+        save_nifti(out_dir / mask_rel, mask, affine)
+        save_nifti(out_dir / conf_rel, weight, affine)
+        dice_teacher = dice_fused = truth_lesion = None
+        if row.series_id in truth:
+            reference = np.asarray(truth_on_grid(truth[row.series_id], params.ingest))
+            dice_teacher = lesion_dice(probs.argmax(axis=0), reference)
+            dice_fused = lesion_dice(mask, reference)
+            truth_lesion = bool((reference == LESION_CLASS).any())
+        records.append(
+            {"series_id": row.series_id, "mask_path": mask_rel, "confidence_path": conf_rel,
+             "mean_confidence": float(confidence.mean()), "confident_fraction": float((weight > 0).mean()),
+             "dice_teacher": dice_teacher, "dice_fused": dice_fused, "truth_lesion": truth_lesion}
+        )
+    table = pd.DataFrame(records, columns=[*PSEUDOLABELS.names, "truth_lesion"])
+    write_parquet(out_dir / "pseudolabels.parquet", pa.Table.from_pandas(table[PSEUDOLABELS.names], schema=PSEUDOLABELS, preserve_index=False))
+    summary = {
+        "n_series": len(table),
+        "n_teacher_series": samples.n_labelled,
+        "alpha": alpha,
+        "confidence_threshold": threshold,
+        "mean_confidence": float(table["mean_confidence"].mean()) if len(table) else None,
+        "confident_fraction": float(table["confident_fraction"].mean()) if len(table) else None,
+        "teacher_loss": train_result["loss"],
+        "seconds": time.perf_counter() - t0,
+    }
+    scored = table.dropna(subset=["dice_fused"])
+    if len(scored):
+        tumour_rows = scored[scored["truth_lesion"].astype(bool)]
+        summary.update(
+            n_scored=len(scored),
+            dice_teacher=float(scored["dice_teacher"].mean()),
+            dice_fused=float(scored["dice_fused"].mean()),
+            dice_teacher_tumour=float(tumour_rows["dice_teacher"].mean()) if len(tumour_rows) else None,
+            dice_fused_tumour=float(tumour_rows["dice_fused"].mean()) if len(tumour_rows) else None,
+        )
+    write_json(out_dir / "summary.json", summary)
+    log.info("pseudolabels: %s", summary)
+    return summary

@@ -1,0 +1,1 @@
+"""Register stage: log a gated model to MLflow and move the champion alias when it is better."""

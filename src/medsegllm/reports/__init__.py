@@ -1,0 +1,1 @@
+"""Reports stage: PHI-scrubbed report text -> grounded structured findings, descriptions, embeddings."""

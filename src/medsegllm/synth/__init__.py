@@ -1,0 +1,1 @@
+"""The embedded demo cohort: real DICOM from simulated scanners, reports and hidden truth."""

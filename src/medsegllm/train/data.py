@@ -1,0 +1,210 @@
+"""Training samples: 2D axial slices of labelled and pseudo-labelled train-split series.
+
+Demo volumes are tiny, so every series is loaded into memory once and batches are cut from it
+with numpy (crop/pad to the ROI, flips, lesion-slice oversampling), which is faster than a
+transform pipeline at this size.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medsegllm.common.io import load_nifti
+from medsegllm.common.splits import assign_split
+from medsegllm.config import Params
+from medsegllm.knowledge import LESION_CLASS, SEG_CLASSES, SUBTYPE_KEYS
+
+
+@dataclass
+class SeriesData:
+    series_id: str
+    image: np.ndarray  # (X,Y,Z) float32 in [0,1]
+    label: np.ndarray  # (X,Y,Z) uint8 class indices
+    weight: np.ndarray | None  # (X,Y,Z) float32 pseudo-label confidence weight; None for voxel labels
+    device_idx: int
+    study_idx: int
+    text_emb: np.ndarray | None  # report description embedding, when the study has a report
+    subtype_idx: int  # index into SUBTYPE_KEYS, -1 when the report names no subtype
+
+
+@dataclass
+class TrainSamples:
+    series: list[SeriesData]
+    device_ids: list[str]
+    slices: np.ndarray  # (N,2) rows of (series index, z)
+    lesion_slices: np.ndarray  # indices into `slices` whose (pseudo)label has usable lesion voxels
+    text_dim: int
+
+    @property
+    def n_labelled(self) -> int:
+        return sum(s.weight is None for s in self.series)
+
+    @property
+    def n_pseudo(self) -> int:
+        return sum(s.weight is not None for s in self.series)
+
+
+def load_prompts(findings_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Class prompts in SEG_CLASSES order and subtype prompts in SUBTYPE_KEYS order."""
+    table = pd.read_parquet(Path(findings_dir) / "class_prompts.parquet")
+
+    def ordered(kind: str, names: tuple[str, ...]) -> np.ndarray:
+        rows = table[table["kind"] == kind].set_index("name")
+        missing = [n for n in names if n not in rows.index]
+        if missing:
+            raise ValueError(f"class_prompts.parquet lacks {kind} prompts for {missing}")
+        return np.stack([np.asarray(rows.loc[n, "embedding"], dtype=np.float32) for n in names])
+
+    return ordered("seg_class", SEG_CLASSES), ordered("subtype", SUBTYPE_KEYS)
+
+
+def load_findings(findings_dir: Path) -> pd.DataFrame:
+    """findings.parquet indexed by accession_id (first report per accession)."""
+    table = pd.read_parquet(Path(findings_dir) / "findings.parquet")
+    return table.drop_duplicates("accession_id").set_index("accession_id")
+
+
+def train_split(ingest_dir: Path, params: Params) -> pd.DataFrame:
+    """Manifest rows of the train split."""
+    manifest = pd.read_parquet(Path(ingest_dir) / "manifest.parquet")
+    split = assign_split(manifest, params.split.holdout_devices, params.split.val_fraction, params.seed)
+    return manifest[split.to_numpy() == "train"].reset_index(drop=True)
+
+
+def _subtype_index(value: object) -> int:
+    return SUBTYPE_KEYS.index(value) if isinstance(value, str) and value in SUBTYPE_KEYS else -1
+
+
+def build_samples(
+    ingest_dir: Path, findings_dir: Path, pseudo_dir: Path | None, params: Params, labelled_only: bool = False
+) -> TrainSamples:
+    """Load the labelled (and, with `pseudo_dir`, pseudo-labelled) train-split series as slices.
+
+    `device_ids` are the devices of the series actually used, so every DAN branch gets data.
+    """
+    ingest_dir = Path(ingest_dir)
+    rows = train_split(ingest_dir, params)
+    findings = load_findings(findings_dir)
+    pseudo: dict[str, pd.Series] = {}
+    if pseudo_dir is not None and not labelled_only:
+        table = pd.read_parquet(Path(pseudo_dir) / "pseudolabels.parquet")
+        pseudo = {r.series_id: r for r in table.itertuples(index=False)}
+    used = rows[rows["has_label"].astype(bool) | rows["series_id"].isin(list(pseudo))]
+    if used.empty:
+        raise ValueError("no labelled or pseudo-labelled series in the train split")
+    device_ids = sorted(used["device_id"].unique().tolist())
+    studies = {acc: i for i, acc in enumerate(sorted(used["accession_id"].astype(str).unique()))}
+    text_dim = len(findings["embedding"].iloc[0]) if len(findings) else 0
+    series: list[SeriesData] = []
+    for row in used.itertuples(index=False):
+        image, _ = load_nifti(ingest_dir / row.volume_path)
+        if bool(row.has_label):
+            label, _ = load_nifti(ingest_dir / row.label_path)
+            weight = None
+        else:
+            entry = pseudo[row.series_id]
+            label, _ = load_nifti(Path(pseudo_dir) / entry.mask_path)
+            weight = np.asarray(load_nifti(Path(pseudo_dir) / entry.confidence_path)[0], dtype=np.float32)
+        found = findings.loc[row.accession_id] if row.accession_id in findings.index else None
+        series.append(
+            SeriesData(
+                series_id=row.series_id,
+                image=np.asarray(image, dtype=np.float32),
+                label=np.asarray(label, dtype=np.uint8),
+                weight=weight,
+                device_idx=device_ids.index(row.device_id),
+                study_idx=studies[str(row.accession_id)],
+                text_emb=None if found is None else np.asarray(found["embedding"], dtype=np.float32),
+                subtype_idx=-1 if found is None else _subtype_index(found["subtype"]),
+            )
+        )
+    slices, lesion = [], []
+    for i, s in enumerate(series):
+        usable = s.label == LESION_CLASS if s.weight is None else (s.label == LESION_CLASS) & (s.weight > 0)
+        has_lesion = usable.any(axis=(0, 1))
+        for z in range(s.image.shape[2]):
+            if has_lesion[z]:
+                lesion.append(len(slices))
+            slices.append((i, z))
+    return TrainSamples(series, device_ids, np.asarray(slices, dtype=np.int64), np.asarray(lesion, dtype=np.int64), text_dim)
+
+
+def _crop_start(size: int, roi: int, rng: np.random.Generator, focus: int | None) -> int:
+    """Random window start; with `focus`, the window contains that coordinate."""
+    if size <= roi:
+        return 0
+    lo, hi = 0, size - roi
+    if focus is not None:
+        lo, hi = max(lo, focus - roi + 1), min(hi, focus)
+    return int(rng.integers(lo, hi + 1))
+
+
+def _crop(array: np.ndarray, roi: tuple[int, int], start: tuple[int, int], fill: float) -> np.ndarray:
+    """Cut an roi-sized window at `start`, padding with `fill` where the slice is smaller."""
+    out = np.full(roi, fill, dtype=array.dtype)
+    part = array[start[0] : start[0] + roi[0], start[1] : start[1] + roi[1]]
+    out[: part.shape[0], : part.shape[1]] = part
+    return out
+
+
+def sample_batch(
+    samples: TrainSamples, batch_size: int, roi: tuple[int, int], lesion_share: float, rng: np.random.Generator
+) -> dict[str, torch.Tensor]:
+    """A random batch: `lesion_share` of it from lesion slices (cropped around a lesion voxel)."""
+    n_lesion = int(round(lesion_share * batch_size)) if len(samples.lesion_slices) else 0
+    picks = np.concatenate(
+        [rng.choice(samples.lesion_slices, n_lesion), rng.integers(0, len(samples.slices), batch_size - n_lesion)]
+    ).astype(np.int64)
+    images, labels, weights = [], [], []
+    meta = {"device": [], "study": [], "subtype": [], "pseudo": [], "has_text": []}
+    text = np.zeros((batch_size, max(samples.text_dim, 1)), dtype=np.float32)
+    for b, k in enumerate(picks):
+        si, z = samples.slices[k]
+        s = samples.series[si]
+        image, label = s.image[:, :, z], s.label[:, :, z]
+        weight = np.ones_like(image) if s.weight is None else s.weight[:, :, z]
+        focus = (None, None)
+        if b < n_lesion:
+            xs, ys = np.nonzero((label == LESION_CLASS) & (weight > 0))
+            j = int(rng.integers(len(xs)))
+            focus = (int(xs[j]), int(ys[j]))
+        start = (_crop_start(image.shape[0], roi[0], rng, focus[0]), _crop_start(image.shape[1], roi[1], rng, focus[1]))
+        crops = [_crop(image, roi, start, 0.0), _crop(label, roi, start, 0), _crop(weight.astype(np.float32), roi, start, 1.0)]
+        for axis in (0, 1):
+            if rng.random() < 0.5:
+                crops = [np.flip(c, axis) for c in crops]
+        images.append(crops[0])
+        labels.append(crops[1])
+        weights.append(crops[2])
+        meta["device"].append(s.device_idx)
+        meta["study"].append(s.study_idx)
+        meta["subtype"].append(s.subtype_idx)
+        meta["pseudo"].append(s.weight is not None)
+        meta["has_text"].append(s.text_emb is not None)
+        if s.text_emb is not None:
+            text[b] = s.text_emb
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(np.stack(images)))[:, None],
+        "label": torch.from_numpy(np.ascontiguousarray(np.stack(labels)).astype(np.int64)),
+        "weight": torch.from_numpy(np.ascontiguousarray(np.stack(weights))),
+        "device": torch.tensor(meta["device"], dtype=torch.long),
+        "study": torch.tensor(meta["study"], dtype=torch.long),
+        "subtype": torch.tensor(meta["subtype"], dtype=torch.long),
+        "pseudo": torch.tensor(meta["pseudo"], dtype=torch.bool),
+        "has_text": torch.tensor(meta["has_text"], dtype=torch.bool),
+        "text": torch.from_numpy(text),
+    }
+
+
+def describe(samples: TrainSamples) -> str:
+    """One line for logs: how much of each kind of data training sees."""
+    return json.dumps(
+        {"labelled": samples.n_labelled, "pseudo": samples.n_pseudo, "slices": len(samples.slices),
+         "lesion_slices": len(samples.lesion_slices), "devices": samples.device_ids}
+    )

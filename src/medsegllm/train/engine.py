@@ -1,0 +1,185 @@
+"""The training loop: seeded, resumable from a per-epoch checkpoint, one log row per epoch."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from medsegllm.common.io import atomic_path
+from medsegllm.config import Params
+from medsegllm.knowledge import LESION_CLASS
+from medsegllm.model.losses import class_kl, info_nce, seg_loss, subtype_logits, text_distribution
+from medsegllm.model.pdm import pdm_probability, set_pdm_probability
+from medsegllm.train.data import TrainSamples, sample_batch
+
+LOSS_KEYS = ("loss", "loss_seg", "loss_pseudo", "loss_align", "loss_kl")
+LOG_COLUMNS = ("epoch", *LOSS_KEYS, "pdm_p", "lr", "seconds")
+
+
+def resolve_device(choice: str) -> torch.device:
+    """'auto' takes CUDA when available."""
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _study_means(emb: torch.Tensor, text: torch.Tensor, study: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One (image, text) pair per study: slices of one study share a report, so they must not be negatives."""
+    studies, inverse = torch.unique(study, return_inverse=True)
+    summed = torch.zeros(len(studies), emb.shape[1], device=emb.device, dtype=emb.dtype).index_add(0, inverse, emb)
+    first = torch.zeros(len(studies), dtype=torch.long, device=emb.device).scatter_(
+        0, inverse, torch.arange(len(study), device=emb.device)
+    )
+    return summed, text[first]
+
+
+def compute_losses(model: nn.Module, batch: dict[str, torch.Tensor], params: Params) -> dict[str, torch.Tensor]:
+    """All loss terms of one batch (each zero when switched off or without data) and their sum."""
+    train = params.train
+    baseline = train.variant == "unet_baseline"
+    out = model.outputs(batch["image"], batch["device"])
+    logits = out["logits"]
+    zero = logits.new_zeros(())
+    class_weights = torch.tensor(train.class_weights)
+    labelled, pseudo = ~batch["pseudo"], batch["pseudo"]
+    losses = {k: zero for k in LOSS_KEYS}
+    if labelled.any():
+        losses["loss_seg"] = seg_loss(logits[labelled], batch["label"][labelled], class_weights)
+    if not baseline and train.pseudolabels.enabled and pseudo.any():
+        losses["loss_pseudo"] = seg_loss(logits[pseudo], batch["label"][pseudo], class_weights, batch["weight"][pseudo])
+    use_align = not baseline and train.alignment.enabled
+    use_kl = not baseline and train.kl.enabled
+    if use_align or use_kl:
+        lesion = (batch["label"] == LESION_CLASS) & (batch["weight"] > 0)
+        keep = lesion.flatten(1).any(1) & batch["has_text"]
+        if keep.any():
+            pooled = model.pooled_embedding({k: v[keep] for k, v in out.items() if k != "bottleneck"}, lesion[keep])
+            if use_align:
+                image_emb, text_emb = _study_means(pooled, batch["text"][keep], batch["study"][keep])
+                if image_emb.shape[0] >= 2:
+                    losses["loss_align"] = info_nce(image_emb, text_emb, train.alignment.temperature)
+            typed = batch["subtype"][keep] >= 0
+            if use_kl and typed.any():
+                image_logits = subtype_logits(pooled[typed], model.subtype_prompts, train.alignment.temperature)
+                text_dist = text_distribution(batch["subtype"][keep][typed], model.subtype_prompts.shape[0])
+                losses["loss_kl"] = class_kl(image_logits, text_dist)
+    losses["loss"] = (
+        losses["loss_seg"]
+        + train.pseudolabels.weight * losses["loss_pseudo"]
+        + train.alignment.weight * losses["loss_align"]
+        + train.kl.weight * losses["loss_kl"]
+    )
+    return losses
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict, rng: np.random.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    rng.bit_generator.state = state["numpy"]
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows, columns=list(LOG_COLUMNS)).to_csv(tmp, index=False)
+
+
+def train_model(
+    model: nn.Module,
+    samples: TrainSamples,
+    params: Params,
+    out_dir: Path,
+    log_callback: Callable[[dict], None] | None = None,
+    resume: bool = False,
+) -> dict:
+    """Train `model` in place; checkpoint + log every epoch so `resume=True` continues exactly.
+
+    Returns the last epoch's log row plus `steps` and `step_seconds` (mean wall time per step).
+    """
+    train = params.train
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.csv"
+    if train.num_threads > 0:
+        torch.set_num_threads(train.num_threads)
+    device = resolve_device(train.device)
+    cuda = device.type == "cuda"
+    torch.manual_seed(params.seed)
+    rng = np.random.default_rng(params.seed)
+    model.to(device)
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=1e-4)
+    total_steps = train.epochs * train.steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    rows: list[dict] = []
+    start_epoch = 0
+    if resume and ckpt_path.exists():
+        state = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rows = list(state["rows"])
+        start_epoch = int(state["epoch"])
+        _restore_rng(state["rng"], rng)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    step_times: list[float] = []
+    bar = tqdm(total=total_steps, initial=start_epoch * train.steps_per_epoch, file=sys.stderr, desc="train", leave=False)
+    for epoch in range(start_epoch, train.epochs):
+        t0 = time.perf_counter()
+        p = pdm_probability(epoch, train.pdm) if train.variant == "medsegllm" else 0.0
+        set_pdm_probability(model, p)
+        model.train()
+        sums = dict.fromkeys(LOSS_KEYS, 0.0)
+        for _ in range(train.steps_per_epoch):
+            ts = time.perf_counter()
+            batch = sample_batch(samples, train.batch_size, tuple(train.roi_size), train.lesion_oversample, rng)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            if cuda:
+                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+            with autocast:
+                losses = compute_losses(model, batch, params)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            optimizer.step()
+            scheduler.step()
+            values = {k: float(losses[k].detach()) for k in LOSS_KEYS}
+            for k in LOSS_KEYS:
+                sums[k] += values[k]
+            step_times.append(time.perf_counter() - ts)
+            bar.update(1)
+            bar.set_postfix(loss=f"{values['loss']:.3f}")
+        row = {"epoch": epoch + 1, **{k: v / train.steps_per_epoch for k, v in sums.items()}, "pdm_p": p,
+               "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t0}
+        rows.append(row)
+        with atomic_path(ckpt_path) as tmp:
+            torch.save(
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "epoch": epoch + 1, "rows": rows, "rng": _rng_state(rng)},
+                tmp,
+            )
+        _write_log(log_path, rows)
+        if log_callback is not None:
+            log_callback(row)
+    bar.close()
+    if not rows:
+        raise ValueError("no epochs to run")
+    model.to(memory_format=torch.contiguous_format)
+    return {**rows[-1], "steps": len(rows) * train.steps_per_epoch,
+            "step_seconds": float(np.mean(step_times)) if step_times else None}

@@ -1,0 +1,1 @@
+"""Validation stage: segmentation quality, cross-device divergence, gates and an HTML report."""

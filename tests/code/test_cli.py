@@ -1,0 +1,42 @@
+"""Every stage has a console command whose --help explains its options; bad input exits readably."""
+
+import pytest
+from typer.testing import CliRunner
+
+from medsegllm.cli import app
+
+runner = CliRunner()
+STAGES = ["synth", "ingest", "reports", "pseudolabel", "train", "validate", "register", "check"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_help(stage):
+    result = runner.invoke(app, [stage, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_top_level_help_lists_every_stage():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for stage in STAGES:
+        assert stage in result.output
+
+
+def test_invalid_params_file_fails_readably(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train:\n  epochs: -1\n")
+    result = runner.invoke(app, ["ingest", "--input", str(tmp_path), "--out", str(tmp_path / "o"), "--params", str(bad)])
+    assert result.exit_code == 1
+    assert "invalid params file" in result.output and "epochs" in result.output
+
+
+def test_missing_input_folder_fails_readably(tmp_path):
+    result = runner.invoke(app, ["ingest", "--input", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert "is not a folder" in result.output
+
+
+def test_check_unknown_stage(tmp_path):
+    result = runner.invoke(app, ["check", "nostage", str(tmp_path)])
+    assert result.exit_code != 0

@@ -1,0 +1,20 @@
+"""The Kubeflow demo pipeline runs locally with kfp's SubprocessRunner, every component calling the library."""
+
+import json
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+
+def test_kfp_pipeline_runs_locally(tmp_path, tiny_params_file):
+    from kfp import local
+
+    from pipelines.medsegllm_pipeline import demo_pipeline
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp_root"))
+    params_json = json.dumps(yaml.safe_load(tiny_params_file.read_text()))
+    result = demo_pipeline(params_yaml=params_json)
+    registration = json.loads(result.output)
+    assert registration["alias"] == "champion" and int(registration["version"]) == 1

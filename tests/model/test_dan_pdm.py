@@ -1,0 +1,68 @@
+import torch
+
+from medsegllm.config import PDMParams
+from medsegllm.model.dan import DomainAwareNorm, DomainRouter
+from medsegllm.model.pdm import ProgressiveDomainMixing, cross_device_partners, pdm_probability
+
+
+def _trained_norm() -> tuple[DomainAwareNorm, DomainRouter]:
+    torch.manual_seed(0)
+    router = DomainRouter(n_devices=2)
+    norm = DomainAwareNorm(3, 2, router)
+    x = torch.cat([torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5) * 3 + 2])
+    router.set(torch.tensor([0] * 4 + [1] * 4), training=True, shared_prob=0.5)
+    norm.train()
+    for _ in range(5):
+        norm(x)
+    norm.eval()
+    return norm, router
+
+
+def test_unseen_device_takes_shared_path() -> None:
+    norm, router = _trained_norm()
+    x = torch.randn(3, 3, 5, 5)
+    router.set(torch.tensor([-1, 2, 7]), training=False, shared_prob=0.5)
+    assert torch.allclose(norm(x), norm.shared_norm(x))
+
+
+def test_known_device_uses_its_own_statistics_in_mixed_batches() -> None:
+    norm, router = _trained_norm()
+    assert not torch.allclose(norm.device_norms[0].running_mean, norm.device_norms[1].running_mean)
+    x = torch.randn(4, 3, 5, 5)
+    router.set(torch.tensor([1, 0, 1, -1]), training=False, shared_prob=0.5)
+    out = norm(x)
+    assert torch.allclose(out[[0, 2]], norm.device_norms[1](x[[0, 2]]))
+    assert torch.allclose(out[1:2], norm.device_norms[0](x[1:2]))
+    assert torch.allclose(out[3:], norm.shared_norm(x[3:]))
+
+
+def test_training_routes_a_share_of_samples_to_the_shared_path() -> None:
+    torch.manual_seed(0)
+    router = DomainRouter(n_devices=2)
+    router.set(torch.zeros(2000, dtype=torch.long), training=True, shared_prob=0.2)
+    share = float((router.route == -1).float().mean())
+    assert 0.15 < share < 0.25
+
+
+def test_pdm_schedule_ramps_to_p_max() -> None:
+    params = PDMParams(p_max=0.5, ramp_epochs=4)
+    assert [pdm_probability(e, params) for e in (0, 1, 2, 4, 10)] == [0.0, 0.125, 0.25, 0.5, 0.5]
+    assert pdm_probability(3, PDMParams(enabled=False)) == 0.0
+
+
+def test_pdm_mixes_only_across_devices_and_is_identity_in_eval() -> None:
+    torch.manual_seed(0)
+    device = torch.tensor([0, 0, 1, 1, 2])
+    partners = cross_device_partners(device)
+    assert (device[partners] != device).all()
+    assert (cross_device_partners(torch.tensor([1, 1])) == torch.tensor([0, 1])).all()
+    router = DomainRouter(3)
+    router.set(device, training=False, shared_prob=0.0)
+    layer = ProgressiveDomainMixing(router, beta=0.3)
+    layer.probability = 1.0
+    x = torch.randn(5, 4, 6, 6)
+    layer.train()
+    mixed = layer(x)
+    assert not torch.allclose(mixed, x)
+    layer.eval()
+    assert torch.equal(layer(x), x)

@@ -1,0 +1,34 @@
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medsegllm.model.inference import bottleneck_features, predict_volume
+from medsegllm.model.network import build_model
+from tests.model.synthetic import tiny_params
+
+
+def test_factored_head_equals_explicit_cosine(prompts) -> None:
+    class_prompts, subtype_prompts = prompts
+    model = build_model(tiny_params().train, ["a", "b"], class_prompts, subtype_prompts).eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        out = model.outputs(x, torch.tensor([0, 1]))
+        emb = model.pixel_embeddings(out["features"])
+        cos = torch.einsum("bdhw,cd->bchw", emb, model.class_prompts)
+        expected = model.log_scale.exp() * cos + model.class_bias[None, :, None, None]
+        assert torch.allclose(out["logits"], expected, atol=1e-4)
+        mask = torch.zeros(2, 32, 32, dtype=torch.bool)
+        mask[:, 4:12, 8:20] = True
+        pooled = F.normalize((emb * mask[:, None]).sum((2, 3)) / mask.sum((1, 2))[:, None], dim=1)
+        assert torch.allclose(model.pooled_embedding(out, mask), pooled, atol=1e-5)
+
+
+def test_inference_shapes_for_both_variants(prompts) -> None:
+    volume = np.random.default_rng(0).random((40, 36, 3), dtype=np.float32)
+    for variant, backbone in (("medsegllm", "unet"), ("medsegllm", "segresnet"), ("unet_baseline", "unet")):
+        model = build_model(tiny_params(variant=variant, backbone=backbone).train, ["a"], *prompts)
+        probs = predict_volume(model, volume, "unknown_scanner", batch_size=2)
+        assert probs.shape == (4, 40, 36, 3)
+        assert np.allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+        feats = bottleneck_features(model, volume, "a")
+        assert feats.shape == (3, 32)

@@ -1,0 +1,73 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medsegllm.knowledge import SEG_CLASSES
+from medsegllm.model.checkpoint import load_model
+from medsegllm.model.inference import predict_volume
+from medsegllm.model.network import build_model
+from medsegllm.pseudolabel.run import run_pseudolabel
+from medsegllm.train.data import build_samples, load_prompts
+from medsegllm.train.engine import train_model
+from medsegllm.train.run import run_train
+from tests.model.synthetic import tiny_params
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _stop_after_first_epoch(row: dict) -> None:
+    if row["epoch"] == 1:
+        raise _Interrupted
+
+
+def test_resume_continues_exactly(stage_dirs, tmp_path) -> None:
+    params = tiny_params(channels=[4, 8], epochs=2, steps_per_epoch=2)
+    samples = build_samples(stage_dirs["ingest"], stage_dirs["findings"], None, params)
+    prompts = load_prompts(stage_dirs["findings"])
+
+    def fresh():
+        torch.manual_seed(123)
+        return build_model(params.train, samples.device_ids, *prompts)
+
+    straight = fresh()
+    train_model(straight, samples, params, tmp_path / "straight")
+    with pytest.raises(_Interrupted):
+        train_model(fresh(), samples, params, tmp_path / "resumed", log_callback=_stop_after_first_epoch)
+    resumed = fresh()
+    result = train_model(resumed, samples, params, tmp_path / "resumed", resume=True)
+    assert result["epoch"] == 2
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    log = pd.read_csv(tmp_path / "resumed" / "train_log.csv")
+    assert log["epoch"].tolist() == [1, 2]
+    assert np.allclose(log["loss"], pd.read_csv(tmp_path / "straight" / "train_log.csv")["loss"])
+
+
+def test_pseudolabel_then_train_end_to_end(stage_dirs) -> None:
+    root = stage_dirs["root"]
+    params = tiny_params()
+    summary = run_pseudolabel(stage_dirs["ingest"], stage_dirs["findings"], root / "pseudo", params)
+    assert summary["n_series"] == 4 and summary["n_teacher_series"] == 2
+    table = pd.read_parquet(root / "pseudo" / "pseudolabels.parquet")
+    assert set(table["series_id"]) == {"s2", "s3", "s4", "s5"}
+    assert (root / "pseudo" / "teacher.pt").exists()
+    assert all((root / "pseudo" / p).exists() for p in [*table["mask_path"], *table["confidence_path"]])
+
+    metrics = run_train(stage_dirs["ingest"], stage_dirs["findings"], root / "pseudo", root / "train", params)
+    assert metrics["n_labelled_series"] == 2 and metrics["n_pseudo_series"] == 4
+    assert json.loads((root / "train" / "train_metrics.json").read_text())["parameters"] == metrics["parameters"]
+    log = pd.read_csv(root / "train" / "train_log.csv")
+    assert len(log) == 2 and log["loss_pseudo"].gt(0).all() and log["loss_align"].gt(0).any()
+    model, meta = load_model(root / "train" / "model.pt")
+    assert meta["classes"] == list(SEG_CLASSES) and meta["device_ids"] == ["dev_a", "dev_b"]
+    probs = predict_volume(model, np.zeros((32, 32, 2), np.float32), "dev_c")
+    assert probs.shape == (4, 32, 32, 2)
+
+    baseline = run_train(stage_dirs["ingest"], stage_dirs["findings"], root / "pseudo", root / "base",
+                         tiny_params(variant="unet_baseline", epochs=1))
+    assert baseline["n_pseudo_series"] == 0 and baseline["loss_align"] == 0.0
