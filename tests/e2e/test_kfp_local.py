@@ -5,7 +5,12 @@ import json
 import pytest
 import yaml
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    # The local runner says it ignores GPU/CPU requests and display names, and that the image is not used.
+    pytest.mark.filterwarnings("ignore::UserWarning:kfp.local.orchestrator.task_executor"),
+    pytest.mark.filterwarnings("ignore::RuntimeWarning:kfp.local.subprocess_task_handler"),
+]
 
 
 def test_kfp_pipeline_runs_locally(tmp_path, tiny_params_file):
