@@ -1,4 +1,4 @@
-"""`dvc repro` runs every stage end to end; a second `dvc repro` is a no-op."""
+"""`dvc repro` runs every stage end to end, leaks no patient identifier, and a second `dvc repro` is a no-op."""
 
 import json
 import os
@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from tests.conftest import ROOT
+from tests.e2e.phi import cohort_identifiers, leaks
 
 pytestmark = pytest.mark.e2e
 
@@ -33,6 +34,12 @@ def test_dvc_repro_end_to_end_then_noop(tmp_path, tiny_params_file):
     assert 0.0 <= metrics["dice_mean"] <= 1.0 and 0.0 <= metrics["js_features"] <= 1.0
     for stage_dir in ["ingested", "findings", "pseudolabels", "model", "validation", "registry"]:
         assert json.loads((project / "data" / stage_dir / "data_checks.json").read_text())["passed"]
+
+    identifiers = cohort_identifiers(project / "data/cohort/dicom")
+    assert len(identifiers) > 50
+    assert leaks(identifiers, [project / "data/cohort/reports.jsonl"]), "positive control: the inputs carry PHI"
+    outputs = [p for p in (project / "data").iterdir() if p.name != "cohort"]
+    assert leaks(identifiers, [*outputs, project / "mlflow.db", project / "mlartifacts"]) == []
 
     again = _dvc("repro", cwd=project)
     assert "Running stage" not in again, again

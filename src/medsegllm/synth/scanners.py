@@ -8,9 +8,10 @@ The last two are the "new/rare" devices: fewer studies, never voxel-labelled, he
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
+
+from medsegllm.ingest.identity import device_id
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,8 @@ class ScannerProfile:
 
     @property
     def device_id(self) -> str:
-        return device_slug(self.manufacturer, self.model_name)
-
-
-def device_slug(manufacturer: str, model_name: str) -> str:
-    """The device_id ingest derives: lower-case slug of manufacturer + '_' + model."""
-    return re.sub(r"[^a-z0-9]+", "_", f"{manufacturer}_{model_name}".lower()).strip("_")
+        """The device_id ingest will derive from this scanner's headers."""
+        return device_id(self.manufacturer, self.model_name)
 
 
 SCANNERS: tuple[ScannerProfile, ...] = (
