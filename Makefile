@@ -51,3 +51,8 @@ compile-pipelines: setup
 
 clean:
 	rm -rf data mlflow.db mlartifacts .dvc/cache .dvc/tmp
+
+## bench: ingest, training-step and inference benchmarks side by side; writes BENCHMARKS.md + benchmarks/results.json
+.PHONY: bench
+bench: setup
+	$(BIN)/python -m medsegllm.bench

@@ -179,6 +179,27 @@ def register(
 
 
 @app.command()
+def segment(
+    model: Annotated[str, typer.Option("--model", help="Checkpoint written by `train` (model.pt), or an MLflow URI such as models:/medsegllm@champion (tracking URI from params register.tracking_uri; trusted registries only).")],
+    input: Annotated[Path, typer.Option("--input", help="DICOM folder tree; every CT/MR series in it is segmented.")],
+    out: OutOpt,
+    params_file: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Segment new DICOM series: one DICOM SEG and one NIfTI label map per series, plus segment_summary.json."""
+    from medsegllm.segment.run import run_segment
+    from medsegllm.segment.source import ModelUnavailable
+
+    params = _params(params_file)
+    if not input.is_dir():
+        _fail(f"--input {input} is not a folder")
+    try:
+        result = run_segment(model, input, out, params, _salt(params))
+    except ModelUnavailable as exc:
+        _fail(str(exc))
+    _print(result)
+
+
+@app.command()
 def check(
     stage: Annotated[str, typer.Argument(help="ingest, reports, pseudolabel, train, validate or register.")],
     out: Annotated[Path, typer.Argument(help="That stage's output folder.")],

@@ -40,7 +40,7 @@ class SeriesOutcome:
     n_label_files: int = 0
 
 
-def _decode(files: list[Path]) -> tuple[list[pydicom.Dataset], list[np.ndarray], list[tuple[Path, str]]]:
+def decode_series(files: list[Path]) -> tuple[list[pydicom.Dataset], list[np.ndarray], list[tuple[Path, str]]]:
     datasets, slices, bad = [], [], []
     for path in files:
         try:
@@ -71,7 +71,7 @@ def _reject(job: SeriesJob, reason: str, specific: list[tuple[Path, str]] = ()) 
 
 def process_series(job: SeriesJob) -> SeriesOutcome:
     """Build, harmonize and write one series and its labels; quarantine it whole if its geometry fails."""
-    datasets, slices, bad = _decode(job.files)
+    datasets, slices, bad = decode_series(job.files)
     if bad:
         return _reject(job, "series contains an unreadable file", bad)
     try:

@@ -77,7 +77,7 @@ def _read_validation(validation_dir: Path) -> tuple[dict, dict]:
 
 
 @contextmanager
-def _tracking(uri: str) -> Iterator[None]:
+def tracking_uri_set(uri: str) -> Iterator[None]:
     """Point MLflow's process-global URIs (which it mirrors into the environment) at `uri` for
     the block only, so a library call leaves no tracking store behind for later code or children."""
     import mlflow
@@ -152,7 +152,7 @@ def run_register(model_path: Path, validation_dir: Path, out_dir: Path, params: 
         "validation_data_hash": data_hash,
         "medsegllm_version": __version__,
     }
-    with _tracking(uri), mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+    with tracking_uri_set(uri), mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
         mlflow.log_params(run_params)
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and np.isfinite(v)})
         for name in ARTIFACTS:

@@ -1,0 +1,247 @@
+"""Training-step and inference throughput: our engine vs a plain MONAI loop on the same network.
+
+Data are synthetic in-memory slices of demo size, so the benchmark needs no pipeline run and
+every contender sees the same arrays; speed does not depend on what the pixels show.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from monai.networks.nets import UNet
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from medsegllm.bench.timing import paired_ratio, ratio, summary, sync, timed
+from medsegllm.config import Params
+from medsegllm.knowledge import LESION_CLASS, SEG_CLASSES, SUBTYPE_KEYS
+from medsegllm.model.inference import predict_volume
+from medsegllm.model.network import build_model
+from medsegllm.train.data import SeriesData, TrainSamples
+from medsegllm.train.engine import train_model
+
+TEXT_DIM = 384  # the sentence encoder's width; prompts and report embeddings live there
+PAPER_FPS = 6.0  # the paper's headline inference speed (27 M-parameter GPU model)
+
+
+def bench_params(variant: str, batch_size: int, steps: int, epochs: int, device: str, channels: list[int]) -> Params:
+    """Project defaults with the benchmark's variant, sizes and device; everything else as in params."""
+    base = Params()
+    train = base.train.model_copy(update={"variant": variant, "batch_size": batch_size, "steps_per_epoch": steps,
+                                          "epochs": epochs, "device": device, "channels": list(channels)})
+    return base.model_copy(update={"train": train})
+
+
+def _label_volume(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """Liver and kidney ellipses on every slice, a small lesion on a third of them."""
+    x, y = np.mgrid[: shape[0], : shape[1]]
+    cx, cy = shape[0] / 2, shape[1] / 2
+    label = np.zeros(shape, dtype=np.uint8)
+    organ = np.zeros(shape[:2], dtype=np.uint8)
+    organ[((x - cx + shape[0] / 6) / (shape[0] / 5)) ** 2 + ((y - cy) / (shape[1] / 4)) ** 2 < 1] = 1
+    organ[((x - cx - shape[0] / 5) / (shape[0] / 12)) ** 2 + ((y - cy) / (shape[1] / 10)) ** 2 < 1] = 2
+    for z in range(shape[2]):
+        label[:, :, z] = organ
+        if rng.random() < 0.35:
+            lx, ly = int(cx - shape[0] / 6 + rng.integers(-4, 5)), int(cy + rng.integers(-4, 5))
+            label[max(lx - 3, 0) : lx + 3, max(ly - 3, 0) : ly + 3, z] = LESION_CLASS
+    return label
+
+
+def synthetic_samples(n_series: int, shape: tuple[int, int, int], n_devices: int, pseudo_share: float, seed: int = 0) -> TrainSamples:
+    """Demo-sized labelled (and `pseudo_share` pseudo-labelled) series with report embeddings."""
+    rng = np.random.default_rng(seed)
+    series, slices, lesion = [], [], []
+    for i in range(n_series):
+        label = _label_volume(shape, rng)
+        image = np.clip(label / 4.0 + rng.normal(0, 0.1, shape), 0, 1).astype(np.float32)
+        pseudo = i >= round(n_series * (1 - pseudo_share))
+        weight = np.where(rng.random(shape) > 0.2, rng.uniform(0.6, 1.0, shape), 0.0).astype(np.float32) if pseudo else None
+        series.append(SeriesData(f"bench{i:03d}", image, label, weight, i % n_devices, i,
+                                 rng.normal(size=TEXT_DIM).astype(np.float32), int(rng.integers(len(SUBTYPE_KEYS)))))
+        usable = (label == LESION_CLASS) if weight is None else (label == LESION_CLASS) & (weight > 0)
+        for z in range(shape[2]):
+            if usable[:, :, z].any():
+                lesion.append(len(slices))
+            slices.append((i, z))
+    return TrainSamples(series, [f"bench_device_{d}" for d in range(n_devices)], np.asarray(slices, dtype=np.int64),
+                        np.asarray(lesion, dtype=np.int64), TEXT_DIM)
+
+
+def prompts(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random class and subtype prompt embeddings of the encoder's width."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(len(SEG_CLASSES), TEXT_DIM)).astype(np.float32),
+            rng.normal(size=(len(SUBTYPE_KEYS), TEXT_DIM)).astype(np.float32))
+
+
+def bench_engine(variant: str, samples: TrainSamples, batch_size: int, steps: int, reps: int, device: str,
+                 channels: list[int]) -> tuple[dict, nn.Module]:
+    """`train_model` for 1 + reps epochs of `steps` steps; epoch 1 is the warm-up and is not counted.
+
+    Epoch seconds cover batch sampling, forward, all losses, backward and the optimizer step,
+    but not the per-epoch checkpoint write.
+    """
+    params = bench_params(variant, batch_size, steps, 1 + reps, device, channels)
+    class_prompts, subtype_prompts = prompts()
+    model = build_model(params.train, samples.device_ids, class_prompts, subtype_prompts)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as out:
+        train_model(model, samples, params, Path(out), log_callback=rows.append)
+    times = [row["seconds"] for row in rows[1:]]
+    stats = summary(times)
+    return {**stats, "steps_per_rep": steps, "batch_size": batch_size,
+            "samples_per_s": steps * batch_size / stats["median_s"],
+            "parameters": sum(p.numel() for p in model.parameters())}, model
+
+
+def plain_unet(channels: list[int], n_classes: int) -> UNet:
+    """The baseline's MONAI U-Net, built directly: same channels, strides, residual units and norm."""
+    return UNet(spatial_dims=2, in_channels=1, out_channels=n_classes, channels=tuple(channels),
+                strides=(2,) * (len(channels) - 1), num_res_units=1, norm="instance")
+
+
+class SliceCrops(Dataset):
+    """The same in-memory labelled slices, randomly cropped to the ROI and flipped, as a torch Dataset."""
+
+    def __init__(self, samples: TrainSamples, roi: tuple[int, int], seed: int = 0) -> None:
+        self.samples, self.roi = samples, roi
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.samples.slices)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        si, z = self.samples.slices[index]
+        s = self.samples.series[si]
+        image, label = s.image[:, :, z], s.label[:, :, z]
+        starts = [int(self.rng.integers(0, max(n - r, 0) + 1)) for n, r in zip(image.shape, self.roi)]
+        out_image = np.zeros(self.roi, dtype=np.float32)
+        out_label = np.zeros(self.roi, dtype=np.int64)
+        part = (slice(starts[0], starts[0] + self.roi[0]), slice(starts[1], starts[1] + self.roi[1]))
+        out_image[: image[part].shape[0], : image[part].shape[1]] = image[part]
+        out_label[: label[part].shape[0], : label[part].shape[1]] = label[part]
+        for axis in (0, 1):
+            if self.rng.random() < 0.5:
+                out_image, out_label = np.flip(out_image, axis), np.flip(out_label, axis)
+        return torch.from_numpy(out_image.copy())[None], torch.from_numpy(out_label.copy())[None]
+
+
+def bench_monai_loop(samples: TrainSamples, roi: tuple[int, int], batch_size: int, steps: int, reps: int, lr: float,
+                     device: str, channels: list[int]) -> tuple[dict, nn.Module]:
+    """A textbook MONAI loop: UNet, DiceCELoss, Adam, fp32 eager, DataLoader; one warm-up chunk of `steps`."""
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    net = plain_unet(channels, len(SEG_CLASSES)).to(dev)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    loader = DataLoader(SliceCrops(samples, roi), batch_size=batch_size, shuffle=True, drop_last=True, num_workers=0)
+    batches = itertools.chain.from_iterable(itertools.repeat(loader))
+    net.train()
+
+    def chunk() -> None:
+        for _ in range(steps):
+            image, label = next(batches)
+            image, label = image.to(dev), label.to(dev)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(net(image), label)
+            loss.backward()
+            optimizer.step()
+        sync(dev)
+
+    chunk()
+    times = [timed(chunk)[0] for _ in range(reps)]
+    stats = summary(times)
+    return {**stats, "steps_per_rep": steps, "batch_size": batch_size,
+            "samples_per_s": steps * batch_size / stats["median_s"],
+            "parameters": sum(p.numel() for p in net.parameters())}, net
+
+
+def bench_train(samples: TrainSamples, labelled: TrainSamples, roi: tuple[int, int], batch_size: int, steps: int,
+                reps: int, device: str, channels: list[int]) -> tuple[dict, dict[str, nn.Module]]:
+    """The three loops one after another in this process; the baselines train on labelled slices only."""
+    lr = Params().train.lr
+    monai, _ = bench_monai_loop(labelled, roi, batch_size, steps, reps, lr, device, channels)
+    baseline, baseline_model = bench_engine("unet_baseline", labelled, batch_size, steps, reps, device, channels)
+    ours, ours_model = bench_engine("medsegllm", samples, batch_size, steps, reps, device, channels)
+    result = {
+        "monai_loop": monai,
+        "engine_unet_baseline": baseline,
+        "engine_medsegllm": ours,
+        "baseline_vs_monai": ratio(baseline["samples_per_s"], monai["samples_per_s"]),
+        "medsegllm_vs_monai": ratio(ours["samples_per_s"], monai["samples_per_s"]),
+    }
+    return result, {"medsegllm": ours_model, "unet_baseline": baseline_model}
+
+
+def _plain_sliding_window(net: nn.Module, volume: np.ndarray, roi: tuple[int, int], device: torch.device) -> np.ndarray:
+    """What a MONAI user writes: all axial slices through sliding_window_inference, then softmax."""
+    slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume, 2, 0)))[:, None].to(device)
+    net.eval()
+    with torch.no_grad():
+        logits = sliding_window_inference(slices, roi_size=roi, sw_batch_size=32, predictor=net, overlap=0.25, mode="gaussian")
+        probs = torch.softmax(logits, dim=1).cpu().numpy()
+    return np.moveaxis(probs, 0, -1)
+
+
+def bench_inference(models: dict[str, nn.Module], shape: tuple[int, int, int], reps: int, device: str) -> dict:
+    """predict_volume for both variants vs plain sliding-window inference on the baseline's own
+    MONAI U-Net (same weights), interleaved per repetition after one warm-up call each."""
+    dev = torch.device(device)
+    volume = np.random.default_rng(1).random(shape, dtype=np.float32)
+    ours, baseline = models["medsegllm"].to(dev), models["unet_baseline"].to(dev)
+    roi = tuple(baseline.roi_size)
+    device_id = ours.device_ids[0]
+    contenders = {
+        "predict_volume_medsegllm": lambda: predict_volume(ours, volume, device_id),
+        "predict_volume_unet_baseline": lambda: predict_volume(baseline, volume, device_id),
+        "monai_sliding_window": lambda: _plain_sliding_window(baseline.backbone, volume, roi, dev),
+    }
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for fn in contenders.values():
+        fn()
+    for _ in range(reps):
+        for name, fn in contenders.items():
+            times[name].append(timed(fn)[0])
+    result: dict = {"volume_shape": list(shape), "roi": list(roi)}
+    for name, values in times.items():
+        stats = summary(values)
+        result[name] = {**stats, "slices_per_s": shape[2] / stats["median_s"]}
+    plain = result["monai_sliding_window"]["slices_per_s"]
+    result["baseline_vs_monai"] = ratio(result["predict_volume_unet_baseline"]["slices_per_s"], plain)
+    result["medsegllm_vs_monai"] = ratio(result["predict_volume_medsegllm"]["slices_per_s"], plain)
+    result["paired_baseline_vs_monai"] = paired_ratio(times["monai_sliding_window"], times["predict_volume_unet_baseline"])
+    result["paired_medsegllm_vs_monai"] = paired_ratio(times["monai_sliding_window"], times["predict_volume_medsegllm"])
+    return result
+
+
+def bench_models(train_shape: tuple[int, int, int], n_series: int, batch_size: int, steps: int, reps: int,
+                 infer_shape: tuple[int, int, int], infer_reps: int, device: str, channels: list[int]) -> dict:
+    """Training then inference on one device; the trained models are reused for inference."""
+    samples = synthetic_samples(n_series, train_shape, n_devices=4, pseudo_share=0.75)
+    labelled = synthetic_samples(n_series, train_shape, n_devices=4, pseudo_share=0.0)
+    roi = tuple(Params().train.roi_size)
+    train, models = bench_train(samples, labelled, roi, batch_size, steps, reps, device, channels)
+    infer = bench_inference(models, infer_shape, infer_reps, device)
+    train["data"] = {"n_series": n_series, "series_shape": list(train_shape), "roi": list(roi),
+                     "medsegllm_pseudo_share": 0.75, "channels": list(channels)}
+    train["goals"] = [
+        {"goal": "training throughput side by side with a plain MONAI loop on the same network, one run (DESIGN.md)",
+         "value": None, "met": True},
+    ]
+    infer["goals"] = [
+        {"goal": "inference throughput side by side with plain MONAI sliding-window inference, one run (DESIGN.md)",
+         "value": None, "met": True},
+        {"goal": f"paper headline {PAPER_FPS:g} FPS (reference only: 27 M-param GPU model, not this demo model)",
+         "value": infer["predict_volume_medsegllm"]["slices_per_s"], "measure": "medsegllm slices/s",
+         "met": infer["predict_volume_medsegllm"]["slices_per_s"] >= PAPER_FPS},
+    ]
+    return {"device": device, "train": train, "inference": infer,
+            "median_of": {"train": reps, "inference": infer_reps}, "statistics": "median"}
+

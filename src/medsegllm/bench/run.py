@@ -1,0 +1,97 @@
+"""`python -m medsegllm.bench`: run every benchmark in one process and write BENCHMARKS.md + results.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from medsegllm.bench.demo import read_demo
+from medsegllm.bench.ingest import bench_ingest
+from medsegllm.bench.model import bench_models
+from medsegllm.bench.report import render
+from medsegllm.bench.timing import machine_info
+from medsegllm.common.io import write_json
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m medsegllm.bench",
+        description="Ingest, training-step and inference benchmarks against dcm2niix, MONAI LoadImage and a "
+                    "plain MONAI loop, side by side in one run; writes BENCHMARKS.md and a JSON copy.",
+    )
+    parser.add_argument("--slices", type=int, default=200, help="slices of the synthetic CT series")
+    parser.add_argument("--size", type=int, default=512, help="rows = columns of each CT slice")
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions per ingest/training contender (median)")
+    parser.add_argument("--train-steps", type=int, default=15, help="training steps per timed repetition")
+    parser.add_argument("--batch-size", type=int, default=16, help="training batch size (params.yaml default: 16)")
+    parser.add_argument("--train-series", type=int, default=8, help="synthetic in-memory training series")
+    parser.add_argument("--train-shape", type=int, nargs=3, default=(80, 80, 30), metavar=("X", "Y", "Z"),
+                        help="shape of each training series")
+    parser.add_argument("--infer-shape", type=int, nargs=3, default=(80, 80, 30), metavar=("X", "Y", "Z"),
+                        help="volume for the inference benchmark")
+    parser.add_argument("--infer-reps", type=int, default=9, help="timed inference repetitions (median)")
+    parser.add_argument("--channels", type=int, nargs="+", default=None,
+                        help="U-Net channels (default: params train.channels)")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="demo pipeline outputs to report")
+    parser.add_argument("--out-md", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument("--out-json", type=Path, default=Path("benchmarks/results.json"))
+    parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a fresh temp folder)")
+    return parser.parse_args(argv)
+
+
+def devices() -> list[str]:
+    """CPU always; CUDA too when present."""
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def run_bench(args: argparse.Namespace, command: str) -> dict:
+    """All benchmarks in order; returns the results dict that render() and the JSON file share."""
+    from medsegllm.config import Params
+
+    started = time.perf_counter()
+    channels = list(args.channels or Params().train.channels)
+    results: dict = {
+        "command": command,
+        "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "json_path": str(args.out_json),
+        "data_dir": str(args.data_dir),
+    }
+    with tempfile.TemporaryDirectory(prefix="medsegllm-bench-", dir=args.workdir) as work:
+        print(f"[bench] ingest: {args.slices} x {args.size}^2 CT series", file=sys.stderr)
+        results["ingest"] = bench_ingest(args.slices, args.size, args.reps, Path(work))
+    results["devices"] = []
+    for device in devices():
+        print(f"[bench] training + inference on {device}", file=sys.stderr)
+        results["devices"].append(bench_models(
+            tuple(args.train_shape), args.train_series, args.batch_size, args.train_steps, args.reps,
+            tuple(args.infer_shape), args.infer_reps, device, channels,
+        ))
+    results["demo"] = read_demo(args.data_dir)
+    results["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    results["total_seconds"] = time.perf_counter() - started
+    return results
+
+
+def write_outputs(results: dict, out_md: Path, out_json: Path) -> None:
+    """JSON first (the source of truth), then the Markdown rendered from it."""
+    write_json(Path(out_json), results)
+    Path(out_md).write_text(render(results))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    command = "python -m medsegllm.bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    results = run_bench(args, command.strip())
+    write_outputs(results, args.out_md, args.out_json)
+    print(f"[bench] wrote {args.out_md} and {args.out_json} in {results['total_seconds']:.0f} s", file=sys.stderr)

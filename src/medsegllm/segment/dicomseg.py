@@ -1,0 +1,90 @@
+"""The DICOM SEG a hospital PACS receives: binary, automatic, one segment per class found."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.sr.codedict import codes
+
+from medsegllm import __version__
+from medsegllm.common.io import write_with
+from medsegllm.knowledge import SEG_CLASSES
+
+# (segmented property category, segmented property type) per foreground class, SNOMED CT.
+CLASS_CODES = {
+    "liver": (codes.SCT.Organ, codes.SCT.Liver),
+    "kidney": (codes.SCT.Organ, codes.SCT.Kidney),
+    "lesion": (codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Neoplasm),
+}
+
+
+def present_classes(label: np.ndarray) -> list[int]:
+    """Foreground label values that have at least one voxel, in SEG_CLASSES order."""
+    return [value for value in range(1, len(SEG_CLASSES)) if np.any(label == value)]
+
+
+def write_seg(path: Path, label: np.ndarray, source: list[pydicom.Dataset], series_number: int = 990) -> dict:
+    """Write a BINARY SEG of `label` (X, Y, Z on the source grid, z in `source` order); returns its
+    segment names and frame count.
+
+    Segments are numbered 1..k over the classes present (DICOM requires consecutive numbers) and
+    named by class, so an empty class is simply absent. The caller must not pass an all-background
+    label: a SEG needs at least one segment. The SEG references the source series' UIDs, as it must
+    for a viewer to overlay it: it is meant for the hospital's own PACS, not for export.
+    """
+    import highdicom as hd
+
+    classes = present_classes(label)
+    if not classes:
+        raise ValueError("label map has no foreground; a DICOM SEG needs at least one segment")
+    numbered = np.zeros(label.shape, dtype=np.uint8)
+    for number, value in enumerate(classes, start=1):
+        numbered[label == value] = number
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="medsegllm", family=codes.cid7162.ArtificialIntelligence, version=__version__
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=SEG_CLASSES[value],
+            segmented_property_category=CLASS_CODES[SEG_CLASSES[value]][0],
+            segmented_property_type=CLASS_CODES[SEG_CLASSES[value]][1],
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for number, value in enumerate(classes, start=1)
+    ]
+    # highdicom logs source UIDs at INFO and warns with the patient's name: keep both out of the logs
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"highdicom\.")
+        seg = _segmentation(source, numbered, descriptions, series_number)
+    write_with(path, lambda p: seg.save_as(p, enforce_file_format=True))
+    return {"segments": [SEG_CLASSES[v] for v in classes], "n_frames": int(seg.NumberOfFrames)}
+
+
+def _segmentation(source: list[pydicom.Dataset], numbered: np.ndarray, descriptions: list, series_number: int):
+    import highdicom as hd
+
+    return hd.seg.Segmentation(
+        source_images=source,
+        pixel_array=np.ascontiguousarray(np.transpose(numbered, (2, 1, 0))),  # (slices, rows, columns)
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="MedSegLLM",
+        manufacturer_model_name="medsegllm",
+        software_versions=__version__,
+        device_serial_number="0",
+        series_description="MedSegLLM automatic segmentation",
+        content_description="automatic segmentation",
+        # an empty SpecificCharacterSet means the default repertoire, which highdicom spells as None
+        specific_character_set=source[0].get("SpecificCharacterSet") or None,
+    )

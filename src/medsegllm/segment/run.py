@@ -1,0 +1,157 @@
+"""`run_segment`: a trained model labels every CT/MR series of a DICOM folder; SEG + NIfTI out.
+
+Each series goes through ingest's own code (scan, decode, geometry, harmonization), so the model
+sees exactly the grid and intensities it was trained on; the label map is then resampled back to
+the source slices, because a DICOM SEG must align with the images it references. Output files are
+named by the salted series pseudonym only; the SEG itself references the source UIDs (it has to,
+to be displayed over them), so the out folder belongs in the hospital's PACS, not in a data export.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from scipy.ndimage import affine_transform
+from torch import nn
+
+from medsegllm.common.deid import pseudonym
+from medsegllm.common.io import save_nifti, write_json, write_parquet
+from medsegllm.common.schemas import QUARANTINE
+from medsegllm.config import Params
+from medsegllm.ingest.geometry import SeriesError, build_volume
+from medsegllm.ingest.harmonize import harmonize_volume
+from medsegllm.ingest.identity import device_id
+from medsegllm.ingest.scan import ImageHeader, scan
+from medsegllm.ingest.series import decode_series
+from medsegllm.model.inference import predict_volume
+from medsegllm.segment.dicomseg import present_classes, write_seg
+from medsegllm.segment.source import load_segmenter
+
+log = logging.getLogger(__name__)
+NO_FOREGROUND = "no foreground"
+
+
+def to_source_grid(label: np.ndarray, label_affine: np.ndarray, source_shape: tuple[int, ...], source_affine: np.ndarray) -> np.ndarray:
+    """Nearest-neighbour resampling of a label map onto the source grid: the inverse of harmonization.
+
+    Each source voxel looks up the harmonized voxel at the same RAS position; outside the
+    harmonized grid is background.
+    """
+    source_to_label = np.linalg.inv(label_affine) @ source_affine
+    resampled = affine_transform(
+        label, source_to_label[:3, :3], offset=source_to_label[:3, 3], output_shape=tuple(source_shape),
+        order=0, mode="constant", cval=0, prefilter=False,
+    )
+    return resampled.astype(np.uint8)
+
+
+def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str, out_dir: Path, params: Params) -> tuple[dict, list[tuple[Path, str]]]:
+    """Read, harmonize, predict and write one series; (summary row, quarantine rows).
+
+    A series that ingest would reject is quarantined whole, with ingest's reasons.
+    """
+    start = time.perf_counter()
+    first = headers[0]
+    files = [h.path for h in headers]
+    datasets, slices, bad = decode_series(files)
+    if bad:
+        named = {path for path, _ in bad}
+        return {}, bad + [(p, "series contains an unreadable file") for p in files if p not in named]
+    try:
+        volume = build_volume(datasets, slices)
+    except SeriesError as exc:
+        return {}, [(p, str(exc)) for p in files]
+    harmonized, affine = harmonize_volume(volume.array, volume.affine, first.modality, params.ingest)
+    device = device_id(first.manufacturer, first.model_name)
+    predict_start = time.perf_counter()
+    probs = predict_volume(model, harmonized, device)
+    predict_seconds = time.perf_counter() - predict_start
+    label = to_source_grid(np.argmax(probs, axis=0).astype(np.uint8), affine, volume.array.shape, volume.affine)
+    nifti = f"{series_id}.nii.gz"
+    save_nifti(out_dir / nifti, label, volume.affine)
+    row = {
+        "series_id": series_id,
+        "modality": first.modality,
+        "device_id": device,
+        "n_slices": int(volume.array.shape[2]),
+        "shape": [int(s) for s in volume.array.shape],
+        "nifti": nifti,
+        "seg": None,
+        "segments": [],
+        "n_frames": 0,
+        "status": NO_FOREGROUND,
+    }
+    if present_classes(label):
+        seg = write_seg(out_dir / f"{series_id}.seg.dcm", label, [datasets[i] for i in volume.order])
+        row.update(seg=f"{series_id}.seg.dcm", status="ok", **seg)
+    seconds = time.perf_counter() - start
+    row.update(seconds=round(seconds, 3), predict_seconds=round(predict_seconds, 3),
+               slices_per_s=round(row["n_slices"] / max(seconds, 1e-9), 2))
+    return row, []
+
+
+def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt: str, base_dir: Path | None = None) -> dict:
+    """Segment every CT/MR series under `input_dir`; write `<series_id>.nii.gz`, `<series_id>.seg.dcm`,
+    `quarantine.parquet` and `segment_summary.json` in `out_dir`, and return the summary.
+
+    `model` is a checkpoint path or an MLflow URI (see `load_segmenter`). A series with no
+    foreground gets its NIfTI but no SEG (a SEG needs a segment) and status "no foreground". A
+    series that fails is quarantined, logged and counted, never raised, so one bad series does
+    not stop the batch. SEG and SR files in the input are skipped (counted, not segmented).
+    """
+    start = time.perf_counter()
+    input_dir, out_dir = Path(input_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    network, _ = load_segmenter(model, params, base_dir)
+    if torch.cuda.is_available():
+        network = network.to("cuda")
+    load_seconds = time.perf_counter() - start
+    scanned = scan(input_dir)
+    series: dict[str, list[ImageHeader]] = defaultdict(list)
+    for header in scanned.images:
+        series[header.series_uid].append(header)
+    rows, quarantine, n_failed = [], list(scanned.quarantine), 0
+    for uid in sorted(series):
+        headers = sorted(series[uid], key=lambda h: str(h.path))
+        series_id = pseudonym(uid, salt)
+        try:
+            row, rejected = segment_series(network, headers, series_id, out_dir, params)
+        except Exception as exc:  # a failure is a property of this series; the batch goes on
+            # the type only: a message or traceback may quote header values (run with -v for it)
+            log.error("segment: series %s failed (%s)", series_id, type(exc).__name__)
+            log.debug("segment: series %s traceback", series_id, exc_info=True)
+            n_failed += 1
+            row, rejected = {}, [(h.path, f"segmentation failed ({type(exc).__name__})") for h in headers]
+        quarantine += rejected
+        if row:
+            rows.append(row)
+    quarantine_rows = sorted(({"path": p.relative_to(input_dir).as_posix(), "reason": r} for p, r in quarantine), key=lambda r: r["path"])
+    write_parquet(out_dir / "quarantine.parquet", pa.Table.from_pylist(quarantine_rows, schema=QUARANTINE))
+    total = time.perf_counter() - start
+    n_slices = sum(r["n_slices"] for r in rows)
+    summary = {
+        "model": model,
+        "device": str(next(network.parameters()).device),
+        "n_files": scanned.n_files,
+        "n_series": len(rows),
+        "n_seg": sum(r["seg"] is not None for r in rows),
+        "n_no_foreground": sum(r["status"] == NO_FOREGROUND for r in rows),
+        "n_failed_series": n_failed,
+        "n_skipped_files": len(scanned.segs) + len(scanned.reports),
+        "n_quarantined_files": len(quarantine_rows),
+        "n_slices": n_slices,
+        "model_load_seconds": round(load_seconds, 3),
+        "seconds": round(total, 3),
+        "slices_per_s": round(n_slices / max(total - load_seconds, 1e-9), 2),
+        "series": sorted(rows, key=lambda r: r["series_id"]),
+    }
+    write_json(out_dir / "segment_summary.json", summary)
+    log.info("segment: %d series (%d SEG, %d without foreground), %d files quarantined, %.1f s",
+             len(rows), summary["n_seg"], summary["n_no_foreground"], len(quarantine_rows), total)
+    return summary

@@ -1,0 +1,189 @@
+"""`segment`: checkpoint or MLflow model in, per-series DICOM SEG + NIfTI on the source grid out."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pyarrow.parquet as pq
+import pydicom
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import medsegllm
+from medsegllm.cli import app
+from medsegllm.common.deid import pseudonym
+from medsegllm.common.io import load_nifti
+from medsegllm.config import IngestParams, Params, SynthParams, TrainParams
+from medsegllm.ingest.geometry import build_volume, pixels
+from medsegllm.ingest.harmonize import harmonize_label
+from medsegllm.knowledge import SEG_CLASSES
+from medsegllm.segment import run as segment_run
+from medsegllm.segment.run import run_segment, to_source_grid
+from medsegllm.segment.source import ModelUnavailable, load_segmenter
+
+REAL_CT = Path("/work/shared/testdata/real/dcmqi_ge_ct_liver/ct")
+SALT = "test-salt"
+
+
+def _tiny_model():
+    from medsegllm.model.network import build_model
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    train = TrainParams(channels=[4, 8], roi_size=(64, 64))
+    return build_model(train, ["siemens_somatom_force"], rng.normal(size=(4, 384)), rng.normal(size=(3, 384)))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    from medsegllm.model.checkpoint import model_meta, save_checkpoint
+
+    model = _tiny_model()
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", model, model_meta(model, list(SEG_CLASSES)))
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    from medsegllm.synth.cohort import generate_cohort
+
+    root = tmp_path_factory.mktemp("cohort")
+    generate_cohort(root, SynthParams(n_studies=4), seed=0)
+    return root / "dicom"
+
+
+def _source_series(folder: Path) -> dict[str, list[pydicom.Dataset]]:
+    """CT/MR datasets per SeriesInstanceUID, read independently of the code under test."""
+    series = defaultdict(list)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        ds = pydicom.dcmread(path)
+        if ds.Modality in ("CT", "MR"):
+            series[str(ds.SeriesInstanceUID)].append(ds)
+    return series
+
+
+def _check_outputs(summary: dict, input_dir: Path, out_dir: Path) -> None:
+    """NIfTI on the source grid; SEG reads back, references the source series, one frame per
+    (segment, slice containing it)."""
+    sources = _source_series(input_dir)
+    assert summary["n_series"] == len(sources)
+    by_id = {pseudonym(uid, SALT): (uid, datasets) for uid, datasets in sources.items()}
+    for row in summary["series"]:
+        uid, datasets = by_id[row["series_id"]]
+        volume = build_volume(datasets, [pixels(ds) for ds in datasets])
+        label, affine = load_nifti(out_dir / row["nifti"])
+        assert label.dtype == np.uint8 and label.shape == volume.array.shape
+        np.testing.assert_allclose(affine, volume.affine, atol=1e-4)
+        present = [v for v in range(1, len(SEG_CLASSES)) if (label == v).any()]
+        if not present:
+            assert row["seg"] is None and row["status"] == "no foreground"
+            continue
+        seg = hd.seg.segread(out_dir / row["seg"])
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
+        assert [d.SegmentLabel for d in seg.SegmentSequence] == [SEG_CLASSES[v] for v in present]
+        assert all(d.SegmentAlgorithmType == "AUTOMATIC" for d in seg.SegmentSequence)
+        algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+        assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("medsegllm", medsegllm.__version__)
+        expected_frames = sum(int((label == v).any(axis=(0, 1)).sum()) for v in present)
+        assert seg.NumberOfFrames == expected_frames == row["n_frames"]
+        assert row["slices_per_s"] > 0 and row["seconds"] > 0
+    written = {p.name for p in out_dir.iterdir()}
+    assert not any(uid in name for name in written for uid in sources)  # names carry pseudonyms only
+    saved = json.loads((out_dir / "segment_summary.json").read_text())
+    assert saved["n_series"] == summary["n_series"] and saved["seconds"] > 0
+
+
+def test_cohort_checkpoint(checkpoint: Path, cohort: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    summary = run_segment(str(checkpoint), cohort, out, Params(), SALT)
+    _check_outputs(summary, cohort, out)
+    assert summary["n_quarantined_files"] == 0 and summary["n_failed_series"] == 0
+    assert summary["n_skipped_files"] == 2  # the cohort's reference SEGs are inputs, not images
+    assert {r["modality"] for r in summary["series"]} == {"CT", "MR"}
+
+
+def test_real_ct(checkpoint: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    summary = run_segment(str(checkpoint), REAL_CT, out, Params(), SALT)
+    assert summary["n_series"] == 1 and summary["series"][0]["shape"] == [512, 512, 3]
+    _check_outputs(summary, REAL_CT, out)
+
+
+def test_forced_labels_bad_files_and_empty_series(checkpoint: Path, tmp_path: Path, monkeypatch):
+    """A known prediction checks frame counts exactly; junk is quarantined; all-background gets no SEG."""
+    data = tmp_path / "in"
+    shutil.copytree(REAL_CT, data / "ct")
+    (data / "notes.txt").write_text("not dicom")
+    first = sorted((data / "ct").iterdir())[0].read_bytes()
+    (data / "broken" / "x.dcm").parent.mkdir()
+    (data / "broken" / "x.dcm").write_bytes(first[: len(first) // 2])  # same series, truncated pixels
+
+    def lesion_on_middle_slice(model, volume, device_id):
+        probs = np.zeros((len(SEG_CLASSES), *volume.shape), dtype=np.float32)
+        probs[0] = 1.0
+        probs[0, :, :, volume.shape[2] // 2] = 0.0
+        probs[SEG_CLASSES.index("lesion"), :, :, volume.shape[2] // 2] = 1.0
+        return probs
+
+    monkeypatch.setattr(segment_run, "predict_volume", lesion_on_middle_slice)
+    summary = run_segment(str(checkpoint), data, tmp_path / "bad", Params(), SALT)
+    reasons = {r["path"]: r["reason"] for r in pq.read_table(tmp_path / "bad" / "quarantine.parquet").to_pylist()}
+    assert summary["n_series"] == 0 and set(reasons) == {"notes.txt", "broken/x.dcm", "ct/01.dcm", "ct/02.dcm", "ct/03.dcm"}
+
+    summary = run_segment(str(checkpoint), REAL_CT, tmp_path / "forced", Params(), SALT)
+    row = summary["series"][0]
+    assert row["segments"] == ["lesion"] and row["n_frames"] >= 1
+    _check_outputs(summary, REAL_CT, tmp_path / "forced")
+
+    monkeypatch.setattr(segment_run, "predict_volume", lambda m, v, d: np.stack([np.ones_like(v), *[np.zeros_like(v)] * 3]))
+    summary = run_segment(str(checkpoint), REAL_CT, tmp_path / "empty", Params(), SALT)
+    assert summary["n_no_foreground"] == 1 and summary["n_seg"] == 0
+    assert not list((tmp_path / "empty").glob("*.seg.dcm"))
+
+
+def test_to_source_grid_inverts_harmonization():
+    """LPS-stored source at the target spacing: harmonize (reorient to RAS) then back is exact."""
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 4, size=(10, 12, 6)).astype(np.uint8)
+    affine = np.array([[-4.0, 0, 0, 30], [0, -4.0, 0, 20], [0, 0, 5.0, -10], [0, 0, 0, 1]])
+    grid, grid_affine = harmonize_label(label, affine, IngestParams())
+    np.testing.assert_array_equal(to_source_grid(grid, grid_affine, label.shape, affine), label)
+
+
+def test_cli_help():
+    result = CliRunner().invoke(app, ["segment", "--help"])
+    assert result.exit_code == 0 and "--model" in result.output and "champion" in result.output
+
+
+def test_mlflow_champion_uri(tmp_path: Path, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from medsegllm.register.export import ExportedSegmenter
+    from medsegllm.register.run import tracking_uri_set
+
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    model = _tiny_model().eval()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.create_experiment("segment-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    with tracking_uri_set(uri), mlflow.start_run(experiment_id=experiment):
+        info = mlflow.pytorch.log_model(ExportedSegmenter(model), name="model", serialization_format="pickle",
+                                        pip_requirements=["torch"], registered_model_name="medsegllm")
+    client.set_registered_model_alias("medsegllm", "champion", str(info.registered_model_version))
+
+    params = Params.model_validate({"register": {"tracking_uri": uri}})
+    network, meta = load_segmenter("models:/medsegllm@champion", params)
+    assert meta["device_ids"] == ["siemens_somatom_force"]
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(network.state_dict()[name], value)
+    summary = run_segment("models:/medsegllm@champion", REAL_CT, tmp_path / "out", params, SALT)
+    assert summary["n_series"] == 1 and (tmp_path / "out" / summary["series"][0]["nifti"]).exists()
+    with pytest.raises(ModelUnavailable, match="does not exist"):
+        load_segmenter(str(tmp_path / "missing.pt"), params)
