@@ -48,6 +48,12 @@ class PseudolabelParams(_Section):
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the teacher in alpha*P + (1-alpha)*K")
     confidence_threshold: float = Field(0.6, gt=0, lt=1)
     teacher_epochs: int = Field(6, ge=1)
+    teacher_lesion_oversample: float | None = Field(
+        None, ge=0, le=1, description="teacher's train.lesion_oversample; None keeps the student's value"
+    )
+    lesions_from_report: bool = Field(
+        True, description="keep fused lesion mass only where the report places a lesion (the rest goes to the organ)"
+    )
 
 
 class AlignmentParams(_Section):
@@ -64,6 +70,9 @@ class KLParams(_Section):
 class DANParams(_Section):
     enabled: bool = True
     shared_prob: float = Field(0.2, ge=0, le=1, description="chance a sample takes the shared path in training")
+    shared_affine: bool = Field(
+        False, description="branches keep own statistics, one shared scale/shift (False: checkpoints before it)"
+    )
 
 
 class PDMParams(_Section):
@@ -90,6 +99,9 @@ class TrainParams(_Section):
     lr: float = Field(2e-3, gt=0)
     class_weights: list[float] = Field(default_factory=lambda: [0.5, 1.0, 1.0, 3.0])
     lesion_oversample: float = Field(0.5, ge=0, le=1, description="share of batch slices drawn from lesion slices")
+    intensity_aug: float = Field(
+        0.0, ge=0, le=1, description="chance per slice of a random gamma/contrast/brightness/noise change"
+    )
     alignment: AlignmentParams = AlignmentParams()
     kl: KLParams = KLParams()
     pseudolabels: PseudoLossParams = PseudoLossParams()

@@ -66,3 +66,17 @@ def test_pdm_mixes_only_across_devices_and_is_identity_in_eval() -> None:
     assert not torch.allclose(mixed, x)
     layer.eval()
     assert torch.equal(layer(x), x)
+
+
+def test_shared_affine_dan_keeps_per_device_statistics_under_one_scale_shift() -> None:
+    router = DomainRouter(2)
+    norm = DomainAwareNorm(3, 2, router, shared_affine=True)
+    assert norm.weight is not None and all(not b.affine for b in norm.device_norms)
+    router.set(torch.tensor([0, 1]), training=False, shared_prob=0.0)
+    with torch.no_grad():
+        norm.weight.fill_(2.0)
+        norm.bias.fill_(1.0)
+    x = torch.randn(2, 3, 4, 4)
+    out = norm(x)
+    assert torch.allclose(out[:1], norm.device_norms[0](x[:1]) * 2 + 1)
+    assert torch.allclose(out[1:], norm.device_norms[1](x[1:]) * 2 + 1)

@@ -68,3 +68,19 @@ def test_kidney_laterality_picks_the_reported_side() -> None:
         prior = knowledge_prior(swapped, [item], True, AFFINE)
         xs = np.argwhere(prior[3] > 0.5)[:, 0]
         assert xs.size and (xs.mean() < SHAPE[1] / 2) == expect_low_y
+
+
+def test_unreported_teacher_lesions_go_back_to_the_organ() -> None:
+    from medsegllm.pseudolabel.prior import restrict_lesions_to_report
+
+    _, label = phantom(np.random.default_rng(0), lesion=False, device=0)
+    teacher = _teacher_probs(label, lesion_prob=0.9)  # a confident false lesion filling the liver
+    prior = knowledge_prior(teacher, [], False, AFFINE)
+    fused = restrict_lesions_to_report(fuse(teacher, prior, 0.7), prior)
+    assert np.allclose(fused.sum(axis=0), 1.0, atol=1e-5)
+    mask, _, _ = pseudo_label(fused, 0.6)
+    assert not (mask == 3).any() and (mask[label == 1] == 1).all()
+    # a reported lesion keeps its mass
+    prior = knowledge_prior(_teacher_probs(label), [LESION], True, AFFINE)
+    fused = fuse(_teacher_probs(label), prior, 0.7)
+    assert np.allclose(restrict_lesions_to_report(fused, prior)[3], fused[3] * (prior[3] > 0.05))

@@ -71,3 +71,15 @@ def test_pseudolabel_then_train_end_to_end(stage_dirs) -> None:
     baseline = run_train(stage_dirs["ingest"], stage_dirs["findings"], root / "pseudo", root / "base",
                          tiny_params(variant="unet_baseline", epochs=1))
     assert baseline["n_pseudo_series"] == 0 and baseline["loss_align"] == 0.0
+
+
+def test_intensity_augmentation_stays_in_range_and_changes_the_slice() -> None:
+    import numpy as np
+
+    from medsegllm.train.data import augment_intensity
+
+    rng = np.random.default_rng(0)
+    image = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    out = augment_intensity(image, rng)
+    assert out.dtype == np.float32 and out.shape == image.shape
+    assert out.min() >= 0 and out.max() <= 1 and not np.allclose(out, image)

@@ -36,18 +36,36 @@ class DomainRouter:
 
 
 class DomainAwareNorm(nn.Module):
-    """BatchNorm with one branch per device and one shared branch, routed per sample."""
+    """BatchNorm with one branch per device and one shared branch, routed per sample.
 
-    def __init__(self, num_features: int, n_devices: int, router: DomainRouter) -> None:
+    With `shared_affine`, the branches keep only their own statistics and one learned scale/shift
+    follows them all: per-device statistics remove the scanner shift, while per-device affines
+    (trained on one or two series each) would move every device to its own place in feature space.
+    """
+
+    def __init__(self, num_features: int, n_devices: int, router: DomainRouter, shared_affine: bool = False) -> None:
         super().__init__()
-        self.device_norms = nn.ModuleList(nn.BatchNorm2d(num_features) for _ in range(n_devices))
-        self.shared_norm = nn.BatchNorm2d(num_features)
+        affine = not shared_affine
+        self.device_norms = nn.ModuleList(nn.BatchNorm2d(num_features, affine=affine) for _ in range(n_devices))
+        self.shared_norm = nn.BatchNorm2d(num_features, affine=affine)
         self._router = router
+        if shared_affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
 
     def branch(self, index: int) -> nn.BatchNorm2d:
         return self.shared_norm if index < 0 else self.device_norms[index]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._normalize(x)
+        if self.weight is None:
+            return out
+        return out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         route = self._router.route
         if route is None or route.shape[0] != x.shape[0]:
             raise RuntimeError("DAN routing not set for this batch: call the model with device_idx")
@@ -61,13 +79,13 @@ class DomainAwareNorm(nn.Module):
         return out
 
 
-def replace_batchnorm(module: nn.Module, n_devices: int, router: DomainRouter) -> int:
+def replace_batchnorm(module: nn.Module, n_devices: int, router: DomainRouter, shared_affine: bool = False) -> int:
     """Swap every BatchNorm2d under `module` for a DomainAwareNorm; returns how many were swapped."""
     count = 0
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
-            setattr(module, name, DomainAwareNorm(child.num_features, n_devices, router))
+            setattr(module, name, DomainAwareNorm(child.num_features, n_devices, router, shared_affine))
             count += 1
         else:
-            count += replace_batchnorm(child, n_devices, router)
+            count += replace_batchnorm(child, n_devices, router, shared_affine)
     return count

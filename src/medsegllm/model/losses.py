@@ -14,11 +14,14 @@ def seg_loss(
 
     Without voxel weights this is MONAI's DiceCELoss. With them, CE is a weighted mean and Dice is
     computed on weight-masked probabilities and one-hot targets, so weight-0 voxels do not count.
+    Dice is pooled over the batch (`batch=True`): a sparse class (lesion) absent from most slices
+    would otherwise give a per-slice Dice of ~1 with no gradient, while false positives on those
+    slices went unpunished; pooled, they enter the denominator.
     """
     class_weights = class_weights.to(logits.device, torch.float32)
     logits = logits.float()
     if voxel_weight is None:
-        loss = DiceCELoss(to_onehot_y=True, softmax=True, weight=class_weights)
+        loss = DiceCELoss(to_onehot_y=True, softmax=True, weight=class_weights, batch=True)
         return loss(logits, target[:, None].long())
     w = voxel_weight.float()
     ce = F.cross_entropy(logits, target.long(), weight=class_weights, reduction="none")
@@ -27,7 +30,7 @@ def seg_loss(
     n_classes = logits.shape[1]
     probs = torch.softmax(logits, dim=1) * w[:, None]
     onehot = F.one_hot(target.long(), n_classes).permute(0, 3, 1, 2).float() * w[:, None]
-    dice = DiceLoss(weight=class_weights)(probs, onehot)
+    dice = DiceLoss(weight=class_weights, batch=True)(probs, onehot)
     return dice + ce
 
 

@@ -121,7 +121,7 @@ class MedSegNet(_Base):
         parent, name = stages[-1]
         self._hook_bottleneck(getattr(parent, name))
         if train.dan.enabled:
-            replace_batchnorm(self.backbone, len(device_ids), self.router)
+            replace_batchnorm(self.backbone, len(device_ids), self.router, train.dan.shared_affine)
         if train.pdm.enabled:
             for parent, name in stages[:-1][:2]:
                 setattr(parent, name, nn.Sequential(getattr(parent, name), ProgressiveDomainMixing(self.router, train.pdm.beta)))

@@ -135,6 +135,28 @@ def fuse(teacher_probs: np.ndarray, prior: np.ndarray, alpha: float) -> np.ndarr
     return alpha * np.asarray(teacher_probs, dtype=np.float32) + (1.0 - alpha) * np.asarray(prior, dtype=np.float32)
 
 
+def restrict_lesions_to_report(fused: np.ndarray, prior: np.ndarray, floor: float = 0.05) -> np.ndarray:
+    """Lesion mass of F only where the report puts a lesion (K's lesion channel > `floor`).
+
+    A teacher trained on a handful of labelled studies fires lesions all over lesion-free organs;
+    alpha*P alone keeps those false lesions whenever the teacher is confident. The report is the
+    stronger evidence for lesion presence and placement, so lesion mass outside the reported
+    regions goes back to the host organs in the teacher's organ proportions (background when
+    none), and F stays a distribution.
+    """
+    fused = np.array(fused, dtype=np.float32, copy=True)
+    outside = np.asarray(prior[LESION_CLASS]) <= floor
+    moved = np.where(outside, fused[LESION_CLASS], 0.0)
+    organs = [c for c, name in enumerate(SEG_CLASSES) if name not in ("background", "lesion")]
+    organ_total = fused[organs].sum(axis=0)
+    for c in organs:
+        share = np.divide(fused[c], organ_total, out=np.zeros_like(organ_total), where=organ_total > 1e-6)
+        fused[c] += moved * share
+    fused[0] += np.where(organ_total > 1e-6, 0.0, moved)
+    fused[LESION_CLASS] -= moved
+    return fused
+
+
 def pseudo_label(fused: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """mask = argmax F, confidence = max F, weight = confidence where >= threshold else 0."""
     mask = fused.argmax(axis=0).astype(np.uint8)

@@ -18,7 +18,7 @@ from medsegllm.knowledge import LESION_CLASS, SEG_CLASSES
 from medsegllm.model.checkpoint import model_meta, save_checkpoint
 from medsegllm.model.inference import predict_volume
 from medsegllm.model.network import build_model
-from medsegllm.pseudolabel.prior import fuse, knowledge_prior, pseudo_label
+from medsegllm.pseudolabel.prior import fuse, knowledge_prior, pseudo_label, restrict_lesions_to_report
 from medsegllm.train.data import build_samples, load_findings, load_prompts, train_split
 from medsegllm.train.engine import train_model
 
@@ -29,6 +29,8 @@ def teacher_params(params: Params) -> Params:
     """The teacher: the full model trained on voxel labels only, without report-driven terms."""
     raw = params.model_dump(by_alias=True)
     raw["train"].update(variant="medsegllm", epochs=params.pseudolabel.teacher_epochs)
+    if params.pseudolabel.teacher_lesion_oversample is not None:
+        raw["train"]["lesion_oversample"] = params.pseudolabel.teacher_lesion_oversample
     for term in ("alignment", "kl", "pseudolabels"):
         raw["train"][term]["enabled"] = False
     return Params.model_validate(raw)
@@ -76,7 +78,10 @@ def run_pseudolabel(
         volume, affine = load_nifti(ingest_dir / row.volume_path)
         probs = predict_volume(teacher, np.asarray(volume, dtype=np.float32), row.device_id)
         lesions, tumour = _report(findings, row.accession_id)
-        fused = fuse(probs, knowledge_prior(probs, lesions, tumour, affine), alpha)
+        prior = knowledge_prior(probs, lesions, tumour, affine)
+        fused = fuse(probs, prior, alpha)
+        if params.pseudolabel.lesions_from_report:
+            fused = restrict_lesions_to_report(fused, prior)
         mask, confidence, weight = pseudo_label(fused, threshold)
         mask_rel, conf_rel = f"masks/{row.series_id}.nii.gz", f"confidence/{row.series_id}.nii.gz"
         save_nifti(out_dir / mask_rel, mask, affine)

@@ -153,10 +153,26 @@ def _crop(array: np.ndarray, roi: tuple[int, int], start: tuple[int, int], fill:
     return out
 
 
+def augment_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random gamma, contrast, brightness and noise on a [0,1] slice: scanners differ in exactly these."""
+    out = np.clip(image, 0.0, 1.0) ** np.exp(rng.uniform(-0.35, 0.35))
+    out = (out - 0.5) * rng.uniform(0.85, 1.15) + 0.5 + rng.uniform(-0.06, 0.06)
+    out = out + rng.normal(0.0, rng.uniform(0.0, 0.03), size=out.shape)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
 def sample_batch(
-    samples: TrainSamples, batch_size: int, roi: tuple[int, int], lesion_share: float, rng: np.random.Generator
+    samples: TrainSamples,
+    batch_size: int,
+    roi: tuple[int, int],
+    lesion_share: float,
+    rng: np.random.Generator,
+    intensity_aug: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """A random batch: `lesion_share` of it from lesion slices (cropped around a lesion voxel)."""
+    """A random batch: `lesion_share` of it from lesion slices (cropped around a lesion voxel).
+
+    `intensity_aug` is the chance per slice of a random intensity change (`augment_intensity`).
+    """
     n_lesion = int(round(lesion_share * batch_size)) if len(samples.lesion_slices) else 0
     picks = np.concatenate(
         [rng.choice(samples.lesion_slices, n_lesion), rng.integers(0, len(samples.slices), batch_size - n_lesion)]
@@ -179,6 +195,8 @@ def sample_batch(
         for axis in (0, 1):
             if rng.random() < 0.5:
                 crops = [np.flip(c, axis) for c in crops]
+        if intensity_aug > 0 and rng.random() < intensity_aug:
+            crops[0] = augment_intensity(crops[0], rng)
         images.append(crops[0])
         labels.append(crops[1])
         weights.append(crops[2])

@@ -149,7 +149,9 @@ def train_model(
         sums = dict.fromkeys(LOSS_KEYS, 0.0)
         for _ in range(train.steps_per_epoch):
             ts = time.perf_counter()
-            batch = sample_batch(samples, train.batch_size, tuple(train.roi_size), train.lesion_oversample, rng)
+            batch = sample_batch(
+                samples, train.batch_size, tuple(train.roi_size), train.lesion_oversample, rng, train.intensity_aug
+            )
             batch = {k: v.to(device) for k, v in batch.items()}
             if cuda:
                 batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
