@@ -73,6 +73,9 @@ class DANParams(_Section):
     shared_affine: bool = Field(
         False, description="branches keep own statistics, one shared scale/shift (False: checkpoints before it)"
     )
+    unseen_stats: Literal["shared", "test_time"] = Field(
+        "shared", description="statistics for a device never seen in training: the shared branch's, or the batch's own"
+    )
 
 
 class PDMParams(_Section):

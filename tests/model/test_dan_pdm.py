@@ -25,6 +25,22 @@ def test_unseen_device_takes_shared_path() -> None:
     assert torch.allclose(norm(x), norm.shared_norm(x))
 
 
+def test_unseen_device_with_test_time_statistics_is_normalized_by_its_own_batch() -> None:
+    norm, router = _trained_norm()
+    router.test_time_stats = True
+    x = torch.randn(6, 3, 5, 5) * 7 + 40  # a scanner far from anything seen in training
+    router.set(torch.tensor([-1] * 6), training=False, shared_prob=0.5)
+    out = norm(x)
+    # affine of the shared branch applied to the batch's own standardized values
+    z = (x - x.mean(dim=(0, 2, 3), keepdim=True)) / (x.var(dim=(0, 2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt()
+    expected = z * norm.shared_norm.weight[None, :, None, None] + norm.shared_norm.bias[None, :, None, None]
+    assert torch.allclose(out, expected, atol=1e-4)
+    assert not torch.allclose(out, norm.shared_norm(x), atol=1e-2)
+    # a known device keeps its own running statistics
+    router.set(torch.tensor([0] * 6), training=False, shared_prob=0.5)
+    assert torch.allclose(norm(x), norm.device_norms[0](x))
+
+
 def test_known_device_uses_its_own_statistics_in_mixed_batches() -> None:
     norm, router = _trained_norm()
     assert not torch.allclose(norm.device_norms[0].running_mean, norm.device_norms[1].running_mean)

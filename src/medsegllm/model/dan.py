@@ -18,8 +18,9 @@ class DomainRouter:
     shared branch. It is a plain object (not a module) so it is not part of the state dict.
     """
 
-    def __init__(self, n_devices: int) -> None:
+    def __init__(self, n_devices: int, test_time_stats: bool = False) -> None:
         self.n_devices = n_devices
+        self.test_time_stats = test_time_stats
         self.device_idx: torch.Tensor | None = None
         self.route: torch.Tensor | None = None
 
@@ -59,6 +60,14 @@ class DomainAwareNorm(nn.Module):
     def branch(self, index: int) -> nn.BatchNorm2d:
         return self.shared_norm if index < 0 else self.device_norms[index]
 
+    def _apply(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Normalize with branch `index`; at inference an unseen device may use its own batch statistics,
+        which puts it where the per-device branches put seen devices instead of on the shared mixture."""
+        norm = self.branch(index)
+        if index < 0 and not self.training and self._router.test_time_stats:
+            return nn.functional.batch_norm(x, None, None, norm.weight, norm.bias, True, 0.0, norm.eps)
+        return norm(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._normalize(x)
         if self.weight is None:
@@ -71,11 +80,11 @@ class DomainAwareNorm(nn.Module):
             raise RuntimeError("DAN routing not set for this batch: call the model with device_idx")
         groups = torch.unique(route).tolist()
         if len(groups) == 1:
-            return self.branch(groups[0])(x)
+            return self._apply(groups[0], x)
         out = torch.empty_like(x)
         for g in groups:
             idx = torch.nonzero(route == g).squeeze(1)
-            out = out.index_copy(0, idx, self.branch(g)(x.index_select(0, idx)))
+            out = out.index_copy(0, idx, self._apply(g, x.index_select(0, idx)))
         return out
 
 

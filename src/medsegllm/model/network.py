@@ -61,7 +61,7 @@ class _Base(nn.Module):
         self.train_params = train
         self.device_ids = list(device_ids)
         self.roi_size = tuple(train.roi_size)
-        self.router = DomainRouter(len(device_ids))
+        self.router = DomainRouter(len(device_ids), test_time_stats=train.dan.unseen_stats == "test_time")
         self._bottleneck: torch.Tensor | None = None
 
     def _hook_bottleneck(self, module: nn.Module) -> None:
