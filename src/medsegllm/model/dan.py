@@ -60,7 +60,7 @@ class DomainAwareNorm(nn.Module):
     def branch(self, index: int) -> nn.BatchNorm2d:
         return self.shared_norm if index < 0 else self.device_norms[index]
 
-    def _apply(self, index: int, x: torch.Tensor) -> torch.Tensor:
+    def _branch_forward(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Normalize with branch `index`; at inference an unseen device may use its own batch statistics,
         which puts it where the per-device branches put seen devices instead of on the shared mixture."""
         norm = self.branch(index)
@@ -80,11 +80,11 @@ class DomainAwareNorm(nn.Module):
             raise RuntimeError("DAN routing not set for this batch: call the model with device_idx")
         groups = torch.unique(route).tolist()
         if len(groups) == 1:
-            return self._apply(groups[0], x)
+            return self._branch_forward(groups[0], x)
         out = torch.empty_like(x)
         for g in groups:
             idx = torch.nonzero(route == g).squeeze(1)
-            out = out.index_copy(0, idx, self._apply(g, x.index_select(0, idx)))
+            out = out.index_copy(0, idx, self._branch_forward(g, x.index_select(0, idx)))
         return out
 
 
