@@ -21,7 +21,7 @@ def _goals(goals: list[dict]) -> list[str]:
     lines = ["", "| goal | measured | verdict |", "|---|---|---|"]
     for g in goals:
         value = g.get("value")
-        shown = "measured side by side" if value is None and g["met"] is True else _f(value)
+        shown = _f(value)
         if g.get("measure") and value is not None:
             shown = f"{g['measure']} = {shown}"
         note = f" ({g['note']})" if g.get("note") else ""
