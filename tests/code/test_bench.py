@@ -50,3 +50,23 @@ def test_render_reports_demo_run_when_present(tmp_path: Path) -> None:
     assert demo is not None and abs(demo["js_intensity_reduction"] - 0.9) < 1e-9
     assert demo["goals"][1]["met"] is True
     assert all("mtime_utc" in f for f in demo["files"].values())
+
+
+def test_ablation_goals_compare_the_same_run_variants() -> None:
+    from medsegllm.bench.demo import ablation_goals
+    from medsegllm.bench.report import _ablations
+
+    demo = {
+        "metrics": {"js_features": 0.1, "dice_holdout_devices": 0.7},
+        "ablations": {
+            "without DAN+PDM": {"metrics": {"js_features": 0.5, "dice_holdout_devices": 0.6}},
+            "plain MONAI U-Net, voxel labels only": {"metrics": {"js_features": 0.6, "dice_holdout_devices": 0.65}},
+        },
+    }
+    js, margin = ablation_goals(demo)
+    assert abs(js["value"] - 0.8) < 1e-9 and js["met"] is True
+    assert abs(margin["value"] - 0.05) < 1e-9 and margin["met"] is True
+    demo["metrics"]["js_features"] = 0.6  # DAN+PDM raising divergence must read as not met
+    assert ablation_goals(demo)[0]["met"] is False
+    table = "\n".join(_ablations(demo))
+    assert "without DAN+PDM" in table and "demo model (make run)" in table

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from medsegllm.bench.demo import read_demo
+from medsegllm.bench.demo import ablation_goals, read_demo, run_ablations
 from medsegllm.bench.ingest import bench_ingest
 from medsegllm.bench.model import bench_models
 from medsegllm.bench.report import render
@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels", type=int, nargs="+", default=None,
                         help="U-Net channels (default: params train.channels)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="demo pipeline outputs to report")
+    parser.add_argument("--no-ablations", action="store_true",
+                        help="skip retraining the demo without DAN+PDM and as a plain U-Net (about 2-3 min)")
     parser.add_argument("--out-md", type=Path, default=Path("BENCHMARKS.md"))
     parser.add_argument("--out-json", type=Path, default=Path("benchmarks/results.json"))
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a fresh temp folder)")
@@ -77,7 +79,16 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
             tuple(args.train_shape), args.train_series, args.batch_size, args.train_steps, args.reps,
             tuple(args.infer_shape), args.infer_reps, device, channels,
         ))
-    results["demo"] = read_demo(args.data_dir)
+    results["demo"] = demo = read_demo(args.data_dir)
+    if demo is not None and not args.no_ablations:
+        from medsegllm.common.deid import resolve_salt
+        from medsegllm.config import load_params
+
+        print("[bench] demo ablations: without DAN+PDM, plain U-Net", file=sys.stderr)
+        params = load_params()
+        with tempfile.TemporaryDirectory(prefix="medsegllm-ablation-", dir=args.workdir) as work:
+            demo["ablations"] = run_ablations(args.data_dir, params, resolve_salt(params.ingest), Path(work))
+        demo["goals"] = [demo["goals"][1], *ablation_goals(demo)]
     results["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     results["total_seconds"] = time.perf_counter() - started
     return results
