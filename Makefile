@@ -23,7 +23,10 @@ $(STAMP): requirements.lock pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-## run: the whole pipeline on the embedded demo cohort (dvc repro), then the headline numbers
+## run: the whole pipeline on the embedded demo cohort (dvc repro), then the headline numbers.
+## The synthetic demo uses a public, fixed pseudonym salt so its split and numbers reproduce across
+## machines; with real data, set MEDSEGLLM_SALT to your own secret.
+run: export MEDSEGLLM_SALT ?= medsegllm-demo-salt-public
 run: setup
 	dvc repro
 	@echo "--- per-device validation (data/validation/per_device.csv) ---"
@@ -54,5 +57,6 @@ clean:
 
 ## bench: ingest, training-step and inference benchmarks side by side; writes BENCHMARKS.md + benchmarks/results.json
 .PHONY: bench
+bench: export MEDSEGLLM_SALT ?= medsegllm-demo-salt-public
 bench: setup
 	$(BIN)/python -m medsegllm.bench

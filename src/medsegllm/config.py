@@ -118,6 +118,9 @@ class GateParams(_Section):
     min_dice: float = Field(0.5, ge=0, le=1, description="mean foreground Dice over validation studies")
     max_js: float = Field(0.5, ge=0, le=1, description="mean cross-device JS divergence of model features")
     max_device_gap: float = Field(0.35, ge=0, le=1, description="best minus worst per-device Dice")
+    min_device_series: int = Field(
+        3, ge=1, description="devices with fewer validation series are reported but left out of the gap"
+    )
 
 
 class ValidateParams(_Section):

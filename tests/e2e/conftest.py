@@ -18,7 +18,7 @@ def tiny_params(workdir: Path) -> dict:
     params["synth"]["n_studies"] = 14
     params["pseudolabel"]["teacher_epochs"] = 1
     params["train"].update(epochs=2, steps_per_epoch=3, batch_size=8, channels=[8, 16, 32])
-    params["validate"]["gates"] = {"min_dice": 0.0, "max_js": 1.0, "max_device_gap": 1.0}
+    params["validate"]["gates"] = {"min_dice": 0.0, "max_js": 1.0, "max_device_gap": 1.0, "min_device_series": 1}
     params["validate"]["bootstrap"] = 20
     params["register"]["tracking_uri"] = f"sqlite:///{workdir / 'mlflow.db'}"
     params["airflow"]["data_root"] = str(workdir / "data")

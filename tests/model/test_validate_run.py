@@ -84,7 +84,7 @@ def test_failing_gate_writes_everything_then_raises(ingest_dir: Path, model_path
 
 
 def test_passing_gate_returns_metrics(ingest_dir: Path, model_path: Path, tmp_path: Path):
-    result = run_validate(model_path, ingest_dir, tmp_path, _params(min_dice=0.0, max_js=1.0, max_device_gap=1.0))
+    result = run_validate(model_path, ingest_dir, tmp_path, _params(min_dice=0.0, max_js=1.0, max_device_gap=1.0, min_device_series=1))
     assert result["gate"]["passed"] and result["metrics"]["gate_passed"] == 1
     assert 0.0 <= result["metrics"]["dice_mean"] <= 1.0
 
@@ -106,3 +106,20 @@ def test_report_is_self_contained_and_escapes():
     )
     assert "&lt;dev&gt;" in html and "<dev>" not in html and "n/a" in html
     assert "<link" not in html and "<script" not in html and "dice_fused" in html
+
+
+def test_device_gap_leaves_out_devices_with_too_few_series():
+    from medsegllm.validate.run import summarize
+
+    rows = []
+    for device, n, dice in [("dev_a", 3, 0.6), ("dev_b", 3, 0.5), ("dev_c", 1, 0.95)]:
+        for _ in range(n):
+            rows.append({"device_id": device, "modality": "CT", "dice_liver": dice, "dice_kidney": dice,
+                         "dice_lesion": np.nan, "hd95_liver": 1.0, "hd95_kidney": 1.0, "hd95_lesion": np.nan,
+                         "lesions": 0, "lesions_detected": 0, "ref_lesion": 0, "pred_lesion": 0})
+    per_series = pd.DataFrame(rows)
+    metrics, per_device, _ = summarize(per_series, SEG_CLASSES, {"dev_a", "dev_b", "dev_c"}, _params(min_device_series=3))
+    assert metrics["device_dice_gap"] == pytest.approx(0.1)
+    assert set(per_device["device_id"]) == {"dev_a", "dev_b", "dev_c"}  # still reported
+    metrics, _, _ = summarize(per_series, SEG_CLASSES, {"dev_a", "dev_b", "dev_c"}, _params(min_device_series=1))
+    assert metrics["device_dice_gap"] == pytest.approx(0.45)

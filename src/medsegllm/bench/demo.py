@@ -64,7 +64,7 @@ def _variant_params(params, overrides: dict):
             raw["train"][key].update(value)
         else:
             raw["train"][key] = value
-    raw["validate"]["gates"] = {"min_dice": 0.0, "max_js": 1.0, "max_device_gap": 1.0}
+    raw["validate"]["gates"] = {"min_dice": 0.0, "max_js": 1.0, "max_device_gap": 1.0, "min_device_series": 1}
     return Params.model_validate(raw)
 
 

@@ -141,7 +141,9 @@ def summarize(
     per_device["holdout"] = ~per_device["device_id"].isin(seen_devices)
     per_device = per_device[PER_DEVICE_COLUMNS]
     seen = per_series["device_id"].isin(seen_devices).to_numpy()
-    device_means = per_device["dice_mean"].to_numpy(dtype=float)
+    # One or two series make a device's mean a coin toss; the gap compares devices measured on enough.
+    gated = per_device[per_device["n"] >= params.validation.gates.min_device_series]
+    device_means = gated["dice_mean"].to_numpy(dtype=float)
     device_means = device_means[np.isfinite(device_means)]
     lesions = per_series["lesions"].sum()
     metrics = {
