@@ -32,3 +32,18 @@ def test_class_weights_must_match_classes():
 
 def test_missing_file_means_defaults(tmp_path):
     assert load_params(tmp_path / "absent.yaml") == Params()
+
+
+def test_salt_mismatch_between_stages_is_a_clear_error(tmp_path):
+    from medsegllm.common.deid import check_same_salt, salt_fingerprint
+    from medsegllm.common.io import write_json
+
+    write_json(tmp_path / "ingested/summary.json", {"salt_fingerprint": salt_fingerprint("a")})
+    write_json(tmp_path / "findings/summary.json", {"salt_fingerprint": salt_fingerprint("b")})
+    check_same_salt(tmp_path / "ingested", "a")
+    with pytest.raises(ValueError, match="different pseudonym salt"):
+        check_same_salt(tmp_path / "ingested", "b")
+    with pytest.raises(ValueError, match="different pseudonym salt"):
+        check_same_salt(tmp_path / "findings", other_dir=tmp_path / "ingested")
+    assert salt_fingerprint("a") != salt_fingerprint("b")
+    assert "secret-salt" not in salt_fingerprint("secret-salt")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import hmac
 import os
 import secrets
@@ -30,3 +31,25 @@ def pseudonym(value: str, salt: str, prefix: str = "") -> str:
     """HMAC-SHA256 of the identifier: stable for one salt, not reversible without it."""
     digest = hmac.new(salt.encode(), str(value).strip().encode(), hashlib.sha256).hexdigest()
     return f"{prefix}{digest[:16]}"
+
+
+def salt_fingerprint(salt: str) -> str:
+    """A pseudonym of a fixed string: tells whether two stages used the same salt without revealing it."""
+    return pseudonym("medsegllm:salt-fingerprint", salt)
+
+
+def _recorded_fingerprint(stage_dir: Path) -> str | None:
+    summary = Path(stage_dir) / "summary.json"
+    return json.loads(summary.read_text()).get("salt_fingerprint") if summary.exists() else None
+
+
+def check_same_salt(stage_dir: Path, salt: str | None = None, other_dir: Path | None = None) -> None:
+    """Stop with a clear message when pseudonyms would not join: `stage_dir` was written under another
+    salt than `salt` (or than `other_dir`). The salt is not a DVC dependency, so this is the guard."""
+    recorded = _recorded_fingerprint(stage_dir)
+    expected = salt_fingerprint(salt) if salt is not None else _recorded_fingerprint(other_dir) if other_dir else None
+    if recorded is not None and expected is not None and recorded != expected:
+        raise ValueError(
+            f"{stage_dir} was written under a different pseudonym salt than this run uses; "
+            "rerun ingest and reports with the current salt (e.g. `dvc repro --force ingest reports`)"
+        )

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from medsegllm.common.deid import salt_fingerprint
 from medsegllm.common.io import write_json, write_parquet
 from medsegllm.common.schemas import MANIFEST, QUARANTINE
 from medsegllm.config import IngestParams
@@ -167,6 +168,7 @@ def run_ingest(input_dir: Path, out_dir: Path, params: IngestParams, salt: str, 
         "n_label_files": n_labels,
         "n_report_files": len(scanned.reports),
         "n_quarantined_files": len(quarantine_rows),
+        "salt_fingerprint": salt_fingerprint(salt),
         "seconds": round(time.perf_counter() - start, 3),
     }
     accounted = n_images + n_labels + summary["n_report_files"] + summary["n_quarantined_files"]

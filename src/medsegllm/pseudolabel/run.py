@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from medsegllm.common.deid import check_same_salt
 from medsegllm.common.io import load_nifti, save_nifti, write_json, write_parquet
 from medsegllm.common.schemas import PSEUDOLABELS
 from medsegllm.config import Params
@@ -58,6 +59,9 @@ def run_pseudolabel(
     """Train the teacher, then write a fused pseudo-label and confidence map per unlabelled train series."""
     t0 = time.perf_counter()
     ingest_dir, out_dir = Path(ingest_dir), Path(out_dir)
+    check_same_salt(findings_dir, other_dir=ingest_dir)
+    if truth_dir is not None and salt is not None:
+        check_same_salt(ingest_dir, salt)
     tparams = teacher_params(params)
     samples = build_samples(ingest_dir, findings_dir, None, tparams, labelled_only=True)
     class_prompts, subtype_prompts = load_prompts(findings_dir)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from medsegllm.common.deid import salt_fingerprint
 from medsegllm.common import io
 from medsegllm.common.schemas import CLASS_PROMPTS, FINDINGS
 from medsegllm.config import ReportsParams
@@ -52,6 +53,7 @@ def run_reports(input_path: Path, out_dir: Path, params: ReportsParams, salt: st
     io.write_parquet(out_dir / "class_prompts.parquet", class_prompts_table(params.batch_size))
     summary = {
         "reports": len(rows),
+        "salt_fingerprint": salt_fingerprint(salt),
         "tumour_present": sum(f["tumour_present"] for f in findings),
         "lesions": sum(len(f["lesions"]) for f in findings),
         "negated": sum(len(f["negated"]) for f in findings),

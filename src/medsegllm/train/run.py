@@ -6,6 +6,7 @@ import logging
 import time
 from pathlib import Path
 
+from medsegllm.common.deid import check_same_salt
 from medsegllm.common.io import write_json
 from medsegllm.config import Params
 from medsegllm.knowledge import SEG_CLASSES
@@ -23,6 +24,7 @@ def run_train(
     """Train the configured variant on the train split; the baseline sees labelled series only."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    check_same_salt(findings_dir, other_dir=ingest_dir)
     baseline = params.train.variant == "unet_baseline"
     use_pseudo = pseudo_dir is not None and not baseline and params.train.pseudolabels.enabled
     samples = build_samples(ingest_dir, findings_dir, pseudo_dir if use_pseudo else None, params, labelled_only=not use_pseudo)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medsegllm.common.deid import check_same_salt
 from medsegllm.common.io import load_nifti, write_json, write_with
 from medsegllm.common.splits import assign_split
 from medsegllm.config import Params
@@ -184,6 +185,8 @@ def run_validate(
     lesion_class = class_names.index("lesion")
     seen_devices = set(meta["device_ids"])
     from_truth = truth_dir is not None and salt is not None
+    if from_truth:
+        check_same_salt(ingest_dir, salt)
     references = _reference_paths(val, ingest_dir, truth_dir, salt)
     log.info("validating %d series (%d with a reference)", len(val), len(references))
 
