@@ -16,7 +16,6 @@ def pseudolabel(
 ):
     from pathlib import Path
 
-    from medsegllm.common.deid import resolve_salt
     from medsegllm.config import parse_params
     from medsegllm.gates.run import run_check
     from medsegllm.pseudolabel.run import run_pseudolabel
@@ -25,5 +24,5 @@ def pseudolabel(
     truth = Path(cohort.path) / "truth"
     truth = truth if truth.is_dir() else None
     run_pseudolabel(Path(ingested.path), Path(findings.path), Path(pseudolabels.path), params,
-                    truth_dir=truth, salt=resolve_salt(params.ingest) if truth else None)
+                    truth_dir=truth)
     run_check("pseudolabel", Path(pseudolabels.path))

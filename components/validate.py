@@ -21,7 +21,6 @@ def validate(
     import shutil
     from pathlib import Path
 
-    from medsegllm.common.deid import resolve_salt
     from medsegllm.config import parse_params
     from medsegllm.gates.run import run_check
     from medsegllm.validate.run import run_validate
@@ -31,7 +30,6 @@ def validate(
     truth = Path(cohort.path) / "truth"
     truth = truth if truth.is_dir() else None
     run_validate(Path(model.path) / "model.pt", Path(ingested.path), out, params, truth_dir=truth,
-                 salt=resolve_salt(params.ingest) if truth else None,
                  pseudo_dir=Path(pseudolabels.path), train_dir=Path(model.path))
     run_check("validate", out)
     for name, value in json.loads((out / "metrics.json").read_text()).items():

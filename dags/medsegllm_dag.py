@@ -102,7 +102,6 @@ def medsegllm():
 
     @task
     def pseudolabel(run: dict, ingested: str, findings: str) -> str:
-        from medsegllm.common.deid import resolve_salt
         from medsegllm.config import load_params
         from medsegllm.layout import RunLayout
         from medsegllm.pseudolabel.run import run_pseudolabel
@@ -110,8 +109,7 @@ def medsegllm():
         params = load_params(run["params_file"])
         out = RunLayout(Path(run["root"])).pseudolabels
         truth = Path(run["truth"]) if run["truth"] else None
-        salt = resolve_salt(params.ingest) if truth else None
-        run_pseudolabel(Path(ingested), Path(findings), out, params, truth_dir=truth, salt=salt)
+        run_pseudolabel(Path(ingested), Path(findings), out, params, truth_dir=truth)
         return str(out)
 
     @task
@@ -126,7 +124,6 @@ def medsegllm():
 
     @task
     def validate(run: dict, ingested: str, pseudolabels: str, model_dir: str) -> str:
-        from medsegllm.common.deid import resolve_salt
         from medsegllm.config import load_params
         from medsegllm.layout import RunLayout
         from medsegllm.validate.run import run_validate
@@ -134,8 +131,7 @@ def medsegllm():
         params = load_params(run["params_file"])
         out = RunLayout(Path(run["root"])).validation
         truth = Path(run["truth"]) if run["truth"] else None
-        salt = resolve_salt(params.ingest) if truth else None
-        run_validate(Path(model_dir) / "model.pt", Path(ingested), out, params, truth_dir=truth, salt=salt,
+        run_validate(Path(model_dir) / "model.pt", Path(ingested), out, params, truth_dir=truth,
                      pseudo_dir=Path(pseudolabels), train_dir=Path(model_dir))
         return str(out)
 

@@ -123,7 +123,7 @@ def pseudolabel(
     from medsegllm.pseudolabel.run import run_pseudolabel
 
     params = _params(params_file)
-    _print(run_pseudolabel(ingested, findings, out, params, truth_dir=truth, salt=_salt(params) if truth else None))
+    _print(run_pseudolabel(ingested, findings, out, params, truth_dir=truth))
 
 
 @app.command()
@@ -157,7 +157,7 @@ def validate(
 
     params = _params(params_file)
     try:
-        result = run_validate(model, ingested, out, params, truth_dir=truth, salt=_salt(params) if truth else None,
+        result = run_validate(model, ingested, out, params, truth_dir=truth,
                               pseudo_dir=pseudolabels, train_dir=train_dir)
     except GateFailed as exc:
         _fail(f"validation gate failed:\n{exc}")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from medsegllm.common.deid import check_same_salt
+from medsegllm.common.deid import check_same_salt, resolve_salt
 from medsegllm.common.io import load_nifti, save_nifti, write_json, write_parquet
 from medsegllm.common.schemas import PSEUDOLABELS
 from medsegllm.config import Params
@@ -56,11 +56,15 @@ def _report(findings: pd.DataFrame, accession_id: str) -> tuple[list[dict], bool
 def run_pseudolabel(
     ingest_dir: Path, findings_dir: Path, out_dir: Path, params: Params, truth_dir: Path | None = None, salt: str | None = None
 ) -> dict:
-    """Train the teacher, then write a fused pseudo-label and confidence map per unlabelled train series."""
+    """Train the teacher, then write a fused pseudo-label and confidence map per unlabelled train series.
+
+    With `truth_dir`, pseudo-label Dice is scored against the hidden truth; `salt` defaults to the pipeline's salt.
+    """
     t0 = time.perf_counter()
     ingest_dir, out_dir = Path(ingest_dir), Path(out_dir)
     check_same_salt(findings_dir, other_dir=ingest_dir)
-    if truth_dir is not None and salt is not None:
+    if truth_dir is not None:
+        salt = salt or resolve_salt(params.ingest)  # truth is keyed by raw UIDs: map them like ingest did
         check_same_salt(ingest_dir, salt)
     tparams = teacher_params(params)
     samples = build_samples(ingest_dir, findings_dir, None, tparams, labelled_only=True)

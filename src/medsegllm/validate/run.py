@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medsegllm.common.deid import check_same_salt
+from medsegllm.common.deid import check_same_salt, resolve_salt
 from medsegllm.common.io import load_nifti, write_json, write_with
 from medsegllm.common.splits import assign_split
 from medsegllm.config import Params
@@ -173,7 +173,10 @@ def run_validate(
     pseudo_dir: Path | None = None,
     train_dir: Path | None = None,
 ) -> dict:
-    """Validate the model on the validation split; raise GateFailed (after writing) when a gate fails."""
+    """Validate the model on the validation split; raise GateFailed (after writing) when a gate fails.
+
+    With `truth_dir`, the hidden truth is the reference; `salt` defaults to the pipeline's salt.
+    """
     from medsegllm.model.checkpoint import load_model
     from medsegllm.model.inference import bottleneck_features, predict_volume
 
@@ -184,8 +187,9 @@ def run_validate(
     class_names = tuple(meta.get("classes") or SEG_CLASSES)
     lesion_class = class_names.index("lesion")
     seen_devices = set(meta["device_ids"])
-    from_truth = truth_dir is not None and salt is not None
+    from_truth = truth_dir is not None
     if from_truth:
+        salt = salt or resolve_salt(params.ingest)  # truth is keyed by raw UIDs: map them like ingest did
         check_same_salt(ingest_dir, salt)
     references = _reference_paths(val, ingest_dir, truth_dir, salt)
     log.info("validating %d series (%d with a reference)", len(val), len(references))
