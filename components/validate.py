@@ -33,5 +33,6 @@ def validate(
                  pseudo_dir=Path(pseudolabels.path), train_dir=Path(model.path))
     run_check("validate", out)
     for name, value in json.loads((out / "metrics.json").read_text()).items():
-        metrics.log_metric(name, float(value))
+        if value is not None:  # metrics.json writes null for a value that could not be measured
+            metrics.log_metric(name, float(value))
     shutil.copyfile(out / "report.html", report.path)
