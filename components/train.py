@@ -3,10 +3,10 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from components.image import IMAGE
+from components.image import CUDA_IMAGE
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=CUDA_IMAGE)
 def train(
     params_yaml: str,
     ingested: Input[Dataset],

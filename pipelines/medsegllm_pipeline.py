@@ -12,7 +12,7 @@ import yaml
 from kfp import compiler, dsl
 from kfp.dsl import Dataset
 
-from components.ingest import ingest
+from components.ingest import ingest_merge, ingest_plan, ingest_shard
 from components.pseudolabel import pseudolabel
 from components.register import register
 from components.reports import reports
@@ -28,10 +28,27 @@ def default_params() -> str:
     return json.dumps(yaml.safe_load((HERE.parent / "params.yaml").read_text()), sort_keys=True)
 
 
-def _stages(params_yaml: str, cohort) -> dsl.PipelineTask:
-    """Wire ingest -> reports -> pseudolabel -> train (1 GPU) -> validate -> register after a cohort artifact."""
-    ingested = ingest(params_yaml=params_yaml, cohort=cohort).set_display_name("ingest + gate")
-    findings = reports(params_yaml=params_yaml, cohort=cohort).set_display_name("reports + gate")
+def _ingest(params_yaml: str, cohort, ingest_shards: int, data_version: str) -> dsl.PipelineTask:
+    """Ingest fanned out: plan, one task per shard (dsl.ParallelFor), merge + gate over the collected shards."""
+    plan = ingest_plan(cohort=cohort, n_shards=ingest_shards, data_version=data_version)
+    plan.set_display_name("ingest: plan shards")
+    with dsl.ParallelFor(items=plan.outputs["Output"]) as shard:
+        shard_task = ingest_shard(params_yaml=params_yaml, cohort=cohort, plan=plan.outputs["plan"], shard=shard)
+        shard_task.set_display_name("ingest: shard").set_cpu_limit("4").set_memory_limit("16G")
+    merged = ingest_merge(plan=plan.outputs["plan"], shards=dsl.Collected(shard_task.outputs["ingested_shard"]))
+    return merged.set_display_name("ingest: merge + gate")
+
+
+def _stages(params_yaml: str, cohort, ingest_shards: int, data_version: str) -> dsl.PipelineTask:
+    """Wire ingest (sharded) -> reports -> pseudolabel -> train (1 GPU) -> validate -> register after a cohort artifact.
+
+    Every component takes the whole params_yaml, so any changed parameter reruns it (KFP's cache key
+    is the component, its parameter values and its input artifacts); data_version does the same for
+    the data behind cohort_uri, whose artifact is otherwise identified by its URI alone.
+    """
+    ingested = _ingest(params_yaml, cohort, ingest_shards, data_version)
+    findings = reports(params_yaml=params_yaml, cohort=cohort, data_version=data_version)
+    findings.set_display_name("reports + gate")
     pseudo = pseudolabel(params_yaml=params_yaml, cohort=cohort, ingested=ingested.outputs["ingested"],
                          findings=findings.outputs["findings"]).set_display_name("pseudolabel + gate")
     trained = train(params_yaml=params_yaml, ingested=ingested.outputs["ingested"],
@@ -48,15 +65,16 @@ def _stages(params_yaml: str, cohort) -> dsl.PipelineTask:
 
 
 @dsl.pipeline(name="medsegllm-demo", description="MedSegLLM on the generated demo cohort.")
-def demo_pipeline(params_yaml: str) -> str:
+def demo_pipeline(params_yaml: str, ingest_shards: int = 1) -> str:
     cohort = synth(params_yaml=params_yaml).set_display_name("synthesize demo cohort")
-    return _stages(params_yaml, cohort.outputs["cohort"]).outputs["Output"]
+    return _stages(params_yaml, cohort.outputs["cohort"], ingest_shards, "demo").outputs["Output"]
 
 
 @dsl.pipeline(name="medsegllm", description="MedSegLLM on a cohort folder: dicom/, reports.jsonl, optional truth/.")
-def pipeline(params_yaml: str, cohort_uri: str) -> str:
-    cohort = dsl.importer(artifact_uri=cohort_uri, artifact_class=Dataset, reimport=False)
-    return _stages(params_yaml, cohort.output).outputs["Output"]
+def pipeline(params_yaml: str, cohort_uri: str, data_version: str, ingest_shards: int = 4) -> str:
+    cohort = dsl.importer(artifact_uri=cohort_uri, artifact_class=Dataset, reimport=False,
+                          metadata={"data_version": data_version})
+    return _stages(params_yaml, cohort.output, ingest_shards, data_version).outputs["Output"]
 
 
 COMPILED = {demo_pipeline: HERE / "medsegllm_demo_pipeline.yaml", pipeline: HERE / "medsegllm_pipeline.yaml"}

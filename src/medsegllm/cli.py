@@ -96,6 +96,51 @@ def ingest(
     _print(run_ingest(input, out, params.ingest, _salt(params), workers=workers))
 
 
+@app.command("ingest-plan")
+def ingest_plan(
+    input: Annotated[Path, typer.Option("--input", help="DICOM folder tree to split.")],
+    shards: Annotated[int, typer.Option("--shards", min=1, help="Number of shards.")],
+    out: OutOpt,
+) -> None:
+    """Split a DICOM tree into shards (headers only): a series and its SEGs never span shards. Writes plan.json."""
+    from medsegllm.ingest.shards import write_plan
+
+    if not input.is_dir():
+        _fail(f"--input {input} is not a folder")
+    _print(write_plan(input, shards, out))
+
+
+@app.command("ingest-shard")
+def ingest_shard(
+    input: Annotated[Path, typer.Option("--input", help="The DICOM folder tree the plan was made from.")],
+    plan: Annotated[Path, typer.Option("--plan", help="plan.json of `ingest-plan` (or its folder).")],
+    shard: Annotated[int, typer.Option("--shard", min=0, help="Shard index, 0-based.")],
+    out: OutOpt,
+    params_file: ParamsOpt = Path("params.yaml"),
+    workers: Annotated[int, typer.Option(help="Parallel worker processes over series.")] = 1,
+) -> None:
+    """Ingest one shard of a plan; `ingest-merge` combines the shard outputs."""
+    from medsegllm.ingest.shards import run_ingest_shard
+
+    params = _params(params_file)
+    _print(run_ingest_shard(input, plan, shard, out, params.ingest, _salt(params), workers=workers))
+
+
+@app.command("ingest-merge")
+def ingest_merge(
+    shards: Annotated[list[Path], typer.Argument(help="Output folders of `ingest-shard`, one per shard.")],
+    out: OutOpt,
+    plan: Annotated[Optional[Path], typer.Option("--plan", help="Check that every planned shard and file is present.")] = None,
+) -> None:
+    """Merge shard outputs into one ingest output; fails on a missing shard, a duplicate series or a lost file."""
+    from medsegllm.ingest.shards import ShardMergeError, merge_shards
+
+    try:
+        _print(merge_shards(shards, out, plan))
+    except ShardMergeError as exc:
+        _fail(f"ingest merge: {exc}")
+
+
 @app.command()
 def reports(
     input: Annotated[Path, typer.Option("--input", help="Reports: a JSONL/CSV file, or a folder of them and DICOM SR.")],
@@ -151,6 +196,7 @@ def validate(
     truth: TruthOpt = None,
     pseudolabels: Annotated[Optional[Path], typer.Option("--pseudolabels", help="For pseudo-label quality in the report.")] = None,
     train_dir: Annotated[Optional[Path], typer.Option("--train-dir", help="For the training curve in the report.")] = None,
+    reference_checkpoint: Annotated[Optional[Path], typer.Option("--reference-checkpoint", help="model.pt of the same network trained with train.dan.enabled=false and train.pdm.enabled=false: its feature JS is reported as js_features_without_dan_pdm.")] = None,
 ) -> None:
     """Dice/HD95 per device and modality, cross-device JS divergence, model gates; exits 1 when a gate fails."""
     from medsegllm.validate.run import GateFailed, run_validate
@@ -158,7 +204,8 @@ def validate(
     params = _params(params_file)
     try:
         result = run_validate(model, ingested, out, params, truth_dir=truth,
-                              pseudo_dir=pseudolabels, train_dir=train_dir)
+                              pseudo_dir=pseudolabels, train_dir=train_dir,
+                              reference_model_path=reference_checkpoint)
     except GateFailed as exc:
         _fail(f"validation gate failed:\n{exc}")
     _print(result)
@@ -197,6 +244,11 @@ def segment(
     except ModelUnavailable as exc:
         _fail(str(exc))
     _print(result)
+    if result["n_series"]:
+        typer.echo(f"segmented {result['n_series']} series, {result['n_slices']} slices in {result['seconds']:.2f} s: "
+                   f"latency {result['latency_s_per_series']:.2f} s/series, throughput {result['slices_per_s']:.1f} slices/s "
+                   f"(network alone {result['predict_slices_per_s']:.1f} slices/s; model load {result['model_load_seconds']:.2f} s)",
+                   err=True)
 
 
 @app.command()
@@ -212,6 +264,40 @@ def check(
     except (DataGateFailed, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"{stage}: {report['n_checks']} data checks passed ({report['seconds']} s)")
+
+
+kfp_app = typer.Typer(help="Kubeflow Pipelines: submit the compiled pipeline to a cluster.", no_args_is_help=True)
+app.add_typer(kfp_app, name="kfp")
+
+
+@kfp_app.command("submit")
+def kfp_submit(
+    host: Annotated[str, typer.Option("--host", help="Kubeflow Pipelines API endpoint, e.g. https://kubeflow.example.org/pipeline.")],
+    experiment: Annotated[str, typer.Option("--experiment", help="Experiment to file the run under (created if missing).")] = "medsegllm",
+    pipeline: Annotated[str, typer.Option("--pipeline", help="demo (generates the cohort) or cohort (imports --cohort-uri).")] = "cohort",
+    cohort_uri: Annotated[Optional[str], typer.Option("--cohort-uri", help="gs://, s3:// or minio:// folder with dicom/, reports.jsonl[, truth/].")] = None,
+    data_version: Annotated[str, typer.Option("--data-version", help="Changes with the data behind --cohort-uri, so cached steps rerun.")] = "",
+    ingest_shards: Annotated[Optional[int], typer.Option("--ingest-shards", min=1, help="Ingest fan-out (default: the package's).")] = None,
+    params_file: ParamsOpt = Path("params.yaml"),
+    package: Annotated[Optional[Path], typer.Option("--package", help="Compiled pipeline YAML (default: the checked-in one of --pipeline).")] = None,
+    run_name: Annotated[Optional[str], typer.Option("--run-name")] = None,
+    namespace: Annotated[Optional[str], typer.Option("--namespace", help="Profile namespace of a multi-user deployment.")] = None,
+    cache: Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Override the compiled caching settings.")] = None,
+) -> None:
+    """Submit a run of the compiled MedSegLLM pipeline to a Kubeflow Pipelines endpoint."""
+    from medsegllm.kfp_submit import PACKAGES, pipeline_arguments, submit
+
+    if pipeline not in PACKAGES:
+        _fail(f"--pipeline must be one of {sorted(PACKAGES)}")
+    if (pipeline == "cohort") != (cohort_uri is not None):
+        _fail("--cohort-uri is required with --pipeline cohort and not allowed with --pipeline demo")
+    _params(params_file)
+    arguments = pipeline_arguments(params_file, cohort_uri, data_version, ingest_shards)
+    try:
+        result = submit(host, package or Path(PACKAGES[pipeline]), arguments, experiment, run_name, namespace, cache)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    _print(result)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -38,10 +38,51 @@ class SplitParams(_Section):
     val_fraction: float = Field(0.25, ge=0, lt=1, description="share of seen-device studies held for validation")
 
 
+class LLMParams(_Section):
+    """Settings every LLM description backend shares."""
+
+    max_new_tokens: int = Field(40, ge=8, le=512, description="greedy decoding stops here (one sentence per lesion)")
+    batch_size: int = Field(16, ge=1, description="prompts per generate() call of the local backends")
+    threads: int | None = Field(
+        None, ge=1, description="torch threads while a local model generates; null: torch's default (all cores)"
+    )
+    cache_dir: str | None = Field(
+        ".medsegllm/cache/reports", description="generated text, reused across runs; null turns the cache off"
+    )
+
+
+class HFParams(_Section):
+    model_dir: str | None = Field(None, description="local Hugging Face causal-LM folder with a chat template")
+
+
+class OpenAIParams(_Section):
+    base_url: str | None = Field(None, description="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1")
+    model: str | None = Field(None, description="model name the endpoint serves")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the key (never logged)")
+    timeout_s: float = Field(60.0, gt=0)
+    concurrency: int = Field(4, ge=1, description="requests in flight")
+
+
 class ReportsParams(_Section):
-    backend: Literal["rules"] = "rules"
+    backend: Literal["rules", "smollm2", "hf", "openai"] = Field(
+        "rules", description="who writes descriptions: rules templates, or an LLM checked by the guard"
+    )
     prompt_version: str = "v1"
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="sentence-encoder batch")
+    llm: LLMParams = Field(default_factory=LLMParams)
+    hf: HFParams = Field(default_factory=HFParams)
+    openai: OpenAIParams = Field(default_factory=OpenAIParams)
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> "ReportsParams":
+        if self.backend == "hf" and not self.hf.model_dir:
+            raise ValueError("reports.backend hf needs reports.hf.model_dir")
+        if self.backend == "openai":
+            if not (self.openai.base_url and self.openai.model):
+                raise ValueError("reports.backend openai needs reports.openai.base_url and reports.openai.model")
+            if not self.openai.base_url.startswith(("http://", "https://")):
+                raise ValueError("reports.openai.base_url must start with http:// or https://")
+        return self
 
 
 class PseudolabelParams(_Section):
@@ -53,6 +94,12 @@ class PseudolabelParams(_Section):
     )
     lesions_from_report: bool = Field(
         True, description="keep fused lesion mass only where the report places a lesion (the rest goes to the organ)"
+    )
+    lesion_threshold: float | None = Field(
+        0.15, gt=0, lt=1, description="fused lesion probability that makes a voxel lesion even when an organ has more mass; None: argmax only"
+    )
+    locate_by_image: bool = Field(
+        True, description="place each reported lesion where the image is most conspicuous at the reported size, not at the sublocation centre"
     )
 
 
@@ -93,6 +140,9 @@ class PseudoLossParams(_Section):
 class TrainParams(_Section):
     variant: Literal["medsegllm", "unet_baseline"] = "medsegllm"
     backbone: Literal["unet", "segresnet"] = "unet"
+    norm: Literal["batch", "instance"] = Field(
+        "batch", description="backbone normalization of the medsegllm variant; DAN needs batch (per-device statistics)"
+    )
     spatial_dims: Literal[2] = 2
     channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
     roi_size: tuple[int, int] = (64, 64)
@@ -125,7 +175,18 @@ class GateParams(_Section):
 
 class ValidateParams(_Section):
     gates: GateParams = GateParams()
-    bootstrap: int = Field(200, ge=0)
+    bootstrap: int = Field(200, ge=0, description="bootstrap resamples (over studies) for the 95 % CIs")
+    lesion_size_bins_mm: list[float] = Field(
+        default_factory=lambda: [0.0, 10.0, 20.0, 30.0],
+        description="lower edges of the lesion-size bins (equivalent-sphere diameter, mm) for detection sensitivity",
+    )
+
+    @model_validator(mode="after")
+    def _bins_ascend(self) -> "ValidateParams":
+        edges = self.lesion_size_bins_mm
+        if not edges or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] < 0:
+            raise ValueError("validate.lesion_size_bins_mm must be non-negative and strictly increasing")
+        return self
 
 
 class RegisterParams(_Section):
@@ -135,9 +196,71 @@ class RegisterParams(_Section):
     primary_metric: str = "dice_mean"
 
 
+class RetryParams(_Section):
+    retries: int = Field(2, ge=0, description="retries per task after a failure")
+    delay_s: float = Field(60.0, gt=0, description="wait before the first retry")
+    backoff: float = Field(2.0, ge=1, description="delay multiplier per retry (exponential backoff); 1: constant")
+    max_delay_s: float = Field(1800.0, gt=0, description="cap on the delay between retries")
+
+    @model_validator(mode="after")
+    def _cap_above_delay(self) -> "RetryParams":
+        if self.max_delay_s < self.delay_s:
+            raise ValueError("airflow.retry.max_delay_s must be >= delay_s")
+        return self
+
+
+class TimeoutParams(_Section):
+    """Per-task execution_timeout in minutes: a hung task fails (and retries) instead of blocking the run."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    synth: float = Field(30, gt=0)
+    ingest: float = Field(120, gt=0, description="also each ingest shard and the merge")
+    reports: float = Field(60, gt=0)
+    pseudolabel: float = Field(240, gt=0)
+    train: float = Field(720, gt=0)
+    validation: float = Field(120, gt=0, alias="validate")
+    registration: float = Field(30, gt=0, alias="register")
+    check: float = Field(15, gt=0, description="each data-gate task")
+
+    def minutes(self, stage: str) -> float:
+        """Timeout of a stage's task, by the stage's name."""
+        return self.model_dump(by_alias=True)[stage]
+
+
+class KubernetesParams(_Section):
+    """Where and how the Airflow tasks run as pods (airflow.mode: kubernetes)."""
+
+    image: str = Field("medsegllm/medsegllm:0.1.0", description="the project image (docker/Dockerfile)")
+    gpu_image: str = Field("medsegllm/medsegllm:0.1.0-cuda", description="the train task's image (docker/Dockerfile.cuda)")
+    namespace: str = "medsegllm"
+    pvc: str = Field("medsegllm-data", description="PersistentVolumeClaim holding inputs and run folders")
+    mount_path: str = Field("/data", description="where the claim is mounted in every pod")
+    in_cluster: bool = Field(True, description="False: use the worker's kubeconfig")
+    service_account: str | None = None
+    salt_secret: str = Field("medsegllm-salt", description="Secret whose key `salt` becomes $MEDSEGLLM_SALT in every pod")
+    cpu: str = "2"
+    memory: str = "8Gi"
+    train_gpus: int = Field(1, ge=0, description="nvidia.com/gpu requested by the train task")
+    train_cpu: str = "8"
+    train_memory: str = "32Gi"
+
+    @model_validator(mode="after")
+    def _absolute_mount(self) -> "KubernetesParams":
+        if not self.mount_path.startswith("/"):
+            raise ValueError("airflow.kubernetes.mount_path must be absolute")
+        return self
+
+
 class AirflowParams(_Section):
-    schedule: str = "@weekly"
-    data_root: str = "data"
+    schedule: str | None = Field("@weekly", description="cron or preset; None: only new input data triggers runs")
+    data_root: str = Field("data", description="run folders: <data_root>/airflow/<run_id>; relative to the project (local) or the PVC mount (kubernetes)")
+    input_asset: str = Field("file:///data/incoming", description="Asset URI whose events (new data) trigger a run")
+    mode: Literal["local", "kubernetes"] = Field("local", description="tasks run in the worker, or as pods")
+    ingest_shards: int = Field(1, ge=1, description="ingest fans out over this many shards (dynamic task mapping)")
+    retry: RetryParams = RetryParams()
+    timeout_min: TimeoutParams = TimeoutParams()
+    kubernetes: KubernetesParams = KubernetesParams()
 
 
 class Params(_Section):

@@ -39,25 +39,29 @@ ORGANS: dict[str, dict] = {
     },
 }
 
-# Lesion subtypes: which organs they occur in, how reports name them, how they look.
+# Lesion subtypes: which organs they occur in, how reports name them, how they look, and whether
+# they are brighter (hyper) or darker (hypo) than the host parenchyma on the post-contrast series.
 SUBTYPES: dict[str, dict] = {
     "hcc": {
         "name": "hepatocellular carcinoma",
         "organs": ["liver"],
         "synonyms": ["hepatocellular carcinoma", "hcc", "hepatoma"],
         "appearance": "arterially hyperenhancing mass with washout and a capsule",
+        "enhancement": "hyper",
     },
     "metastasis": {
         "name": "metastasis",
         "organs": ["liver", "kidney"],
         "synonyms": ["metastasis", "metastases", "metastatic deposit", "secondary deposit"],
         "appearance": "hypoattenuating lesion with rim enhancement",
+        "enhancement": "hypo",
     },
     "rcc": {
         "name": "renal cell carcinoma",
         "organs": ["kidney"],
         "synonyms": ["renal cell carcinoma", "rcc", "clear cell carcinoma"],
         "appearance": "heterogeneously enhancing exophytic renal mass",
+        "enhancement": "hyper",
     },
 }
 SUBTYPE_KEYS: tuple[str, ...] = tuple(SUBTYPES)

@@ -31,6 +31,11 @@ class RunLayout:
         return self.root / "ingested"
 
     @property
+    def ingest_shards(self) -> Path:
+        """plan.json and one output folder per shard, when ingest fans out."""
+        return self.root / "ingest_shards"
+
+    @property
     def findings(self) -> Path:
         return self.root / "findings"
 

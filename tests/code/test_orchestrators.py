@@ -26,10 +26,13 @@ def test_dag_folder_imports_without_errors():
 
 def test_dag_schedule_comes_from_params():
     from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk import CronTriggerTimetable
 
-    schedule = yaml.safe_load((ROOT / "params.yaml").read_text())["airflow"]["schedule"]
+    airflow = yaml.safe_load((ROOT / "params.yaml").read_text())["airflow"]
     dag = DagBag(dag_folder=str(ROOT / "dags")).dags["medsegllm"]
-    assert dag.schedule == schedule
+    # the cron schedule OR new input data (an event on the input asset)
+    assert dag.timetable.timetable.expression == CronTriggerTimetable(airflow["schedule"], timezone="UTC").expression
+    assert dag.timetable.asset_condition.uri == airflow["input_asset"]
 
 
 def test_compiled_pipelines_are_current(tmp_path):
@@ -45,17 +48,39 @@ def test_compiled_pipelines_are_current(tmp_path):
 
 
 def test_training_task_requests_one_gpu():
+    from components.image import CUDA_IMAGE
+
     spec = yaml.safe_load((ROOT / "pipelines/medsegllm_demo_pipeline.yaml").read_text())
-    resources = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+    container = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
+    assert container["image"] == CUDA_IMAGE  # docker/Dockerfile.cuda
+    resources = container["resources"]
     assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert int(resources["accelerator"]["resourceCount"]) == 1
+    assert float(resources["cpuLimit"]) >= 4 and float(resources["memoryLimit"]) >= 16  # GB
 
 
 def test_every_component_calls_the_library_and_its_gate():
     for stage in STAGES:
         source = (ROOT / "components" / f"{stage}.py").read_text()
-        assert f"from medsegllm.{stage}.run import run_{stage}" in source
+        library = "from medsegllm.ingest.shards import" if stage == "ingest" else f"from medsegllm.{stage}.run import run_{stage}"
+        assert library in source
         assert f'run_check("{stage}"' in source
+
+
+def test_kubeflow_ingest_fans_out_over_shards_and_merges():
+    spec = yaml.safe_load((ROOT / "pipelines/medsegllm_pipeline.yaml").read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    [loop_name] = [name for name, task in tasks.items() if "parameterIterator" in task]
+    loop = tasks[loop_name]
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--ingest-plan-Output"
+    assert "ingest-shard" in spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    merge = tasks["ingest-merge"]["inputs"]["artifacts"]["shards"]
+    assert merge["taskOutputArtifact"]["producerTask"] == loop_name  # dsl.Collected over the shards
+    for name in ("pseudolabel", "train", "validate"):
+        assert tasks[name]["inputs"]["artifacts"]["ingested"]["taskOutputArtifact"]["producerTask"] == "ingest-merge"
+    # what keys the cache: params and data_version reach the stages that read the cohort
+    assert "data_version" in tasks["ingest-plan"]["inputs"]["parameters"]
+    assert "data_version" in tasks["reports"]["inputs"]["parameters"]
 
 
 def test_dvc_stages_call_the_cli_and_gate():

@@ -77,5 +77,5 @@ def test_backend_factory_and_descriptions():
     assert isinstance(backend, RulesBackend) and backend.name == "rules"
     kidney = {"organ": "kidney", "location": "upper pole", "laterality": "left", "size_mm": 15.0,
               "subtype": None, "certainty": "possible"}
-    assert backend.describe([{"lesions": [kidney]}, {"lesions": []}]) == [
+    assert [d.text for d in backend.describe([{"lesions": [kidney]}, {"lesions": []}])] == [
         "Possible focal lesion, 15 mm, in the upper pole of the left kidney.", NO_LESION]

@@ -16,6 +16,7 @@ def tiny_params(workdir: Path) -> dict:
     """
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["synth"]["n_studies"] = 14
+    params["reports"]["backend"] = "rules"  # SmolLM2 costs ~1 min per run; tests/code/test_reports_llm.py covers it
     params["pseudolabel"]["teacher_epochs"] = 1
     params["train"].update(epochs=2, steps_per_epoch=3, batch_size=8, channels=[8, 16, 32])
     params["validate"]["gates"] = {"min_dice": 0.0, "max_js": 1.0, "max_device_gap": 1.0, "min_device_series": 1}

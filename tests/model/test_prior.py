@@ -84,3 +84,46 @@ def test_unreported_teacher_lesions_go_back_to_the_organ() -> None:
     prior = knowledge_prior(_teacher_probs(label), [LESION], True, AFFINE)
     fused = fuse(_teacher_probs(label), prior, 0.7)
     assert np.allclose(restrict_lesions_to_report(fused, prior)[3], fused[3] * (prior[3] > 0.05))
+
+
+def _liver_with_two_spots(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """A noisy box 'liver' (2 mm voxels) with a faint dark spot, a faint bright spot and a bright vessel."""
+    shape = (48, 48, 24)
+    liver = np.zeros(shape, dtype=bool)
+    liver[6:42, 6:42, 3:21] = True
+    image = np.where(liver, 0.5, 0.1).astype(np.float32) + 0.05 * rng.standard_normal(shape).astype(np.float32)
+    grid = np.indices(shape).transpose(1, 2, 3, 0) * 2.0  # mm
+    dark, bright = np.array([14.0, 20.0, 12.0]) * 2, np.array([32.0, 30.0, 12.0]) * 2
+    dark_spot = np.linalg.norm(grid - dark, axis=-1) < 8.0
+    bright_spot = np.linalg.norm(grid - bright, axis=-1) < 8.0
+    image[dark_spot] -= 0.04  # under one noise sigma per voxel
+    image[bright_spot] += 0.04
+    image[10:40, 12:14, 12:14] += 0.6  # a 4 mm vessel, far brighter than any lesion
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    return image, liver, dark_spot, bright_spot, affine
+
+
+def test_image_guided_prior_finds_faint_lesion_of_the_reported_enhancement() -> None:
+    image, liver, dark_spot, bright_spot, affine = _liver_with_two_spots(np.random.default_rng(3))
+    label = liver.astype(np.uint8)
+    teacher = _teacher_probs(label)
+    base = {"organ": "liver", "location": None, "laterality": None, "size_mm": 16.0, "certainty": "definite"}
+    for subtype, spot in (("metastasis", dark_spot), ("hcc", bright_spot)):  # hypo vs hyper in the knowledge base
+        prior = knowledge_prior(teacher, [{**base, "subtype": subtype}], True, affine, image=image)
+        found = prior[3] > 0.5
+        assert lesion_dice(np.where(found, 3, 0), np.where(spot, 3, 0)) > 0.6, subtype
+    blind = knowledge_prior(teacher, [{**base, "subtype": "metastasis"}], True, affine)  # no image: organ centre
+    assert lesion_dice(np.where(blind[3] > 0.5, 3, 0), np.where(dark_spot, 3, 0)) < 0.3
+
+
+def test_lesion_threshold_lets_the_report_add_a_lesion_the_teacher_missed() -> None:
+    p = np.zeros((4, 3, 1, 1), dtype=np.float32)
+    k = np.zeros_like(p)
+    p[1] = 1.0  # a teacher sure of liver everywhere
+    k[3, 0], k[3, 1], k[1, 2] = 1.0, 0.4, 1.0  # the report: lesion core, lesion rim, plain liver
+    k[1, 1] = 0.6
+    fused = fuse(p, k, alpha=0.7)  # lesion 0.3, 0.12, 0
+    assert not (pseudo_label(fused, 0.6)[0] == 3).any()  # argmax alone never adds it
+    mask, confidence, weight = pseudo_label(fused, 0.6, lesion_threshold=0.15)
+    assert mask[:, 0, 0].tolist() == [3, 1, 1]
+    assert np.isclose(confidence[0, 0, 0], 1.0) and np.isclose(weight[0, 0, 0], 1.0)

@@ -96,3 +96,6 @@ def test_alias_sequence_and_load(workdir: Path, model_path: Path):
     run = mlflow.get_run(better["run_id"])
     assert run.data.tags["kb_version"] and run.data.params["train.channels"] == "[16, 32, 64, 128]"
     assert "validation/report.html" in {a.path for a in mlflow.MlflowClient().list_artifacts(better["run_id"], "validation")}
+    tags = mlflow.MlflowClient().get_model_version("medsegllm", better["version"]).tags
+    assert tags["kb_version"] == run.data.tags["kb_version"] and tags["prompt_version"] == "v1"
+    assert mlflow.models.get_model_info("models:/medsegllm@champion").signature is not None

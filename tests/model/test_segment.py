@@ -155,6 +155,36 @@ def test_to_source_grid_inverts_harmonization():
     np.testing.assert_array_equal(to_source_grid(grid, grid_affine, label.shape, affine), label)
 
 
+def test_cli_prints_latency_and_uses_monai_sliding_window(checkpoint: Path, tmp_path: Path, monkeypatch):
+    from medsegllm.model import inference
+
+    calls = []
+    real = inference.sliding_window_inference
+
+    def spy(inputs, roi_size, *args, **kwargs):
+        calls.append(tuple(roi_size))
+        return real(inputs, roi_size, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "sliding_window_inference", spy)
+    monkeypatch.setenv("MEDSEGLLM_SALT", SALT)
+    result = CliRunner().invoke(app, ["segment", "--model", str(checkpoint), "--input", str(REAL_CT),
+                                      "--out", str(tmp_path / "out"), "--params", str(tmp_path / "none.yaml")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["latency_s_per_series"] > 0 and summary["predict_slices_per_s"] >= summary["slices_per_s"] > 0
+    assert f"{summary['n_slices']} slices" in result.stderr and "slices/s" in result.stderr and "latency" in result.stderr
+    assert calls and set(calls) == {(64, 64)}  # the 512x512 slices are windowed at the model's ROI
+
+
+def test_model_with_other_classes_is_refused(tmp_path: Path):
+    from medsegllm.model.checkpoint import model_meta, save_checkpoint
+
+    model = _tiny_model()
+    other = save_checkpoint(tmp_path / "model.pt", model, model_meta(model, ["background", "spleen", "kidney", "lesion"]))
+    with pytest.raises(ModelUnavailable, match="knowledge base"):
+        run_segment(str(other), REAL_CT, tmp_path / "out", Params(), SALT)
+
+
 def test_cli_help():
     result = CliRunner().invoke(app, ["segment", "--help"])
     assert result.exit_code == 0 and "--model" in result.output and "champion" in result.output

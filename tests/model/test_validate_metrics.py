@@ -13,7 +13,10 @@ from medsegllm.validate.metrics import (
     cohen_kappa,
     dice_per_class,
     hd95_per_class,
-    lesion_detection,
+    kappa_ci,
+    lesion_table,
+    sensitivity_by_size,
+    size_bin_labels,
 )
 
 
@@ -42,21 +45,47 @@ def test_hd95_in_mm_and_nan_when_empty():
     assert np.isnan(hd[1]) and np.isnan(hd[2])
 
 
-def test_lesion_detection_counts_overlapping_components():
+def test_lesion_table_sizes_in_mm_detection_and_false_positives():
     ref = np.zeros((10, 10, 4), bool)
-    ref[1:3, 1:3, 1] = ref[6:8, 6:8, 2] = True
+    ref[1:3, 1:3, 1] = True  # 4 voxels
+    ref[6:8, 6:8, 2] = True  # 4 voxels, missed
     pred = np.zeros_like(ref)
-    pred[2, 2, 1] = True
-    assert lesion_detection(pred, ref) == (2, 1)
-    assert lesion_detection(pred, np.zeros_like(ref)) == (0, 0)
+    pred[2, 2, 1] = True  # hits the first
+    pred[9, 0, 3] = True  # overlaps nothing
+    rows, false_positives = lesion_table(pred, ref, (2.0, 2.0, 3.0))
+    assert [r["detected"] for r in rows] == [True, False] and false_positives == 1
+    assert rows[0]["volume_mm3"] == pytest.approx(48.0)  # 4 voxels of 12 mm3
+    assert rows[0]["diameter_mm"] == pytest.approx((6 * 48.0 / np.pi) ** (1 / 3))
+    diagonal = np.zeros((4, 4, 4), bool)
+    diagonal[0, 0, 0] = diagonal[1, 1, 1] = True  # 26-connected: one lesion
+    assert len(lesion_table(diagonal, diagonal, (1.0, 1.0, 1.0))[0]) == 1
+    assert lesion_table(pred, np.zeros_like(ref), (1.0, 1.0, 1.0)) == ([], 2)
 
 
-def test_cohen_kappa():
+def test_sensitivity_by_size_bins():
+    lesions = pd.DataFrame({"diameter_mm": [3.0, 8.0, 12.0, 15.0, 40.0], "detected": [False, True, True, False, True]})
+    table = sensitivity_by_size(lesions, [0.0, 10.0, 20.0]).set_index("size_bin")
+    assert list(table.index) == size_bin_labels([0.0, 10.0, 20.0]) == ["0-10 mm", "10-20 mm", ">=20 mm"]
+    assert table["lesions"].tolist() == [2, 2, 1] and table["detected"].tolist() == [1, 1, 1]
+    assert table.loc["0-10 mm", "sensitivity"] == 0.5
+    assert table.loc[">=20 mm", "ci_low"] < 1.0 == table.loc[">=20 mm", "ci_high"]  # Wilson, one of one
+    empty = sensitivity_by_size(lesions.iloc[:0], [0.0, 10.0])
+    assert empty["lesions"].tolist() == [0, 0] and empty["sensitivity"].isna().all()
+
+
+def test_cohen_kappa_hand_checked():
     a = np.array([1, 1, 0, 0], bool)
     assert cohen_kappa(a, a) == pytest.approx(1.0)
     assert cohen_kappa(a, ~a) == pytest.approx(-1.0)
+    # observed 3/4, chance 0.5*0.25 + 0.5*0.75 = 0.5 -> (0.75 - 0.5) / 0.5
     assert cohen_kappa(np.array([1, 1, 0, 0]), np.array([1, 0, 0, 0])) == pytest.approx(0.5)
+    # 2x2 table [[20, 5], [10, 15]]: po = 0.7, pe = 0.5*0.6 + 0.5*0.4 = 0.5 -> 0.4
+    ref = np.array([1] * 25 + [0] * 25, bool)
+    pred = np.array([1] * 20 + [0] * 5 + [1] * 10 + [0] * 15, bool)
+    assert cohen_kappa(ref, pred) == pytest.approx(0.4)
     assert np.isnan(cohen_kappa(np.ones(3), np.ones(3)))
+    low, high = kappa_ci(ref, pred, 200, seed=0)
+    assert low < 0.4 < high and (low, high) == kappa_ci(ref, pred, 200, seed=0)
 
 
 def test_bootstrap_ci_is_seeded_and_brackets_mean():
@@ -67,14 +96,28 @@ def test_bootstrap_ci_is_seeded_and_brackets_mean():
     assert bootstrap_ci(rows[:1], 300, seed=1) == (0.9, 0.9)
 
 
+def test_bootstrap_resamples_studies_not_series():
+    """Two studies of two identical series each: resampling studies gives only 3 possible means."""
+    rows = np.array([0.2, 0.2, 0.8, 0.8])
+    low, high = bootstrap_ci(rows, 400, seed=0, groups=np.array(["s1", "s1", "s2", "s2"]))
+    assert (low, high) == (pytest.approx(0.2), pytest.approx(0.8))
+    assert bootstrap_ci(rows, 400, seed=0, groups=np.array(["s"] * 4)) == (0.5, 0.5)  # one study: no spread
+
+
 def test_aggregate_per_group():
     frame = pd.DataFrame(
-        {"device_id": ["a", "a", "b"], "dice_liver": [0.8, 0.6, 0.4], "dice_lesion": [np.nan, 0.5, np.nan]}
+        {"device_id": ["a", "a", "b"], "study_id": ["x", "y", "z"], "dice_liver": [0.8, 0.6, 0.4],
+         "dice_lesion": [np.nan, 0.5, np.nan], "hd95_liver": [2.0, 4.0, 6.0], "hd95_lesion": [np.nan, 8.0, np.nan],
+         "lesions": [0, 2, 1], "lesions_detected": [0, 1, 0]}
     )
-    table = aggregate(frame, "device_id", ["dice_liver", "dice_lesion"], 50, seed=0).set_index("device_id")
-    assert table.loc["a", "n"] == 2
+    table = aggregate(frame, "device_id", ["liver", "lesion"], 50, seed=0).set_index("device_id")
+    assert table.loc["a", "n"] == 2 and table.loc["a", "n_studies"] == 2
     assert table.loc["a", "dice_mean"] == pytest.approx((0.8 + 0.6 + 0.5) / 3)
-    assert table.loc["b", "dice_lesion"] != table.loc["b", "dice_lesion"]  # NaN
+    assert table.loc["a", "dice_liver"] == pytest.approx(0.7)
+    assert table.loc["a", "dice_liver_ci_low"] >= 0.6 and table.loc["a", "dice_liver_ci_high"] <= 0.8
+    assert table.loc["a", "hd95_mean"] == pytest.approx((2 + 4 + 8) / 3)
+    assert table.loc["a", "lesion_sensitivity"] == 0.5 and table.loc["b", "lesion_sensitivity"] == 0.0
+    assert np.isnan(table.loc["b", "dice_lesion"])
 
 
 def test_js_divergence_bounds():

@@ -18,6 +18,7 @@ from medsegllm.bench.demo import ablation_goals, read_demo, run_ablations
 from medsegllm.bench.ingest import bench_ingest
 from medsegllm.bench.model import bench_models
 from medsegllm.bench.report import render
+from medsegllm.bench.reports import bench_reports
 from medsegllm.bench.timing import machine_info
 from medsegllm.common.io import write_json
 
@@ -42,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels", type=int, nargs="+", default=None,
                         help="U-Net channels (default: params train.channels)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="demo pipeline outputs to report")
+    parser.add_argument("--reports-backends", nargs="*", default=["rules", "smollm2"],
+                        help="description backends to time on the demo cohort's reports (cold and warm cache)")
     parser.add_argument("--no-ablations", action="store_true",
                         help="skip retraining the demo without DAN+PDM and as a plain U-Net (about 2-3 min)")
     parser.add_argument("--out-md", type=Path, default=Path("BENCHMARKS.md"))
@@ -57,7 +60,7 @@ def devices() -> list[str]:
 
 def run_bench(args: argparse.Namespace, command: str) -> dict:
     """All benchmarks in order; returns the results dict that render() and the JSON file share."""
-    from medsegllm.config import Params
+    from medsegllm.config import Params, load_params
 
     started = time.perf_counter()
     channels = list(args.channels or Params().train.channels)
@@ -89,6 +92,8 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
         with tempfile.TemporaryDirectory(prefix="medsegllm-ablation-", dir=args.workdir) as work:
             demo["ablations"] = run_ablations(args.data_dir, params, resolve_salt(params.ingest), Path(work))
         demo["goals"] = [demo["goals"][1], *ablation_goals(demo)]
+    print(f"[bench] reports: extraction vs truth, describe with {args.reports_backends}", file=sys.stderr)
+    results["reports"] = bench_reports(args.data_dir / "cohort", args.reports_backends, load_params().reports)
     results["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     results["total_seconds"] = time.perf_counter() - started
     return results

@@ -21,10 +21,24 @@ def resolve_salt(ingest: "IngestParams") -> str:
         return value
     path = Path(ingest.salt_file)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(16))
-        path.chmod(0o600)
+        _create_salt_file(path)
     return path.read_text().strip()
+
+
+def _create_salt_file(path: Path) -> None:
+    """Owner-only from the first byte, and created only if absent (a hard link cannot replace a
+    file): when two first runs race, both end up with the winner's salt, never with their own."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(16))
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def pseudonym(value: str, salt: str, prefix: str = "") -> str:

@@ -128,14 +128,37 @@ def validate_tables(out: Path) -> list[Table]:
     E = gx.expectations
     metrics = pd.DataFrame([json.loads((out / "metrics.json").read_text())])
     per_device = pd.read_csv(out / "per_device.csv")
-    unit = ["dice_mean", "js_intensity_raw", "js_intensity_harmonized", "js_features"]
+    per_modality = pd.read_csv(out / "per_modality.csv")
+    by_size = pd.read_csv(out / "lesion_detection.csv")
+    unit = ["dice_mean", "dice_mean_ci_low", "dice_mean_ci_high", "js_intensity_raw", "js_intensity_harmonized",
+            "js_features", "lesion_sensitivity"]
+
+    def ci_brackets(column: str, low: str, high: str) -> list:
+        """low <= value <= high wherever all are measured (a NaN mean has NaN bounds)."""
+        return [E.ExpectColumnPairValuesAToBeGreaterThanB(column_A=a, column_B=b, or_equal=True,
+                                                         ignore_row_if="either_value_is_missing")
+                for a, b in ((column, low), (high, column))]
+
+    def grouped() -> list:  # fresh instances: an expectation belongs to one suite only
+        return [
+            E.ExpectTableRowCountToBeBetween(min_value=1),
+            E.ExpectColumnValuesToBeBetween(column="dice_mean", min_value=0, max_value=1),
+            E.ExpectColumnValuesToBeBetween(column="n_studies", min_value=1),
+            *ci_brackets("dice_mean", "ci_low", "ci_high"),
+            *[e for c in SEG_CLASSES[1:] for e in ci_brackets(f"dice_{c}", f"dice_{c}_ci_low", f"dice_{c}_ci_high")],
+        ]
+
     return [
         Table("metrics", metrics, [E.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=1) for c in unit]
-              + [E.ExpectColumnValuesToBeBetween(column="n_series", min_value=1)]),
-        Table("per_device", per_device, [
+              + [E.ExpectColumnValuesToBeBetween(column="detection_kappa", min_value=-1, max_value=1),
+                 E.ExpectColumnValuesToBeBetween(column="n_series", min_value=1)]),
+        Table("per_device", per_device, [E.ExpectColumnValuesToBeUnique(column="device_id"), *grouped()]),
+        Table("per_modality", per_modality, [E.ExpectColumnValuesToBeInSet(column="modality", value_set=["CT", "MR"]), *grouped()]),
+        Table("lesion_detection", by_size, [
             E.ExpectTableRowCountToBeBetween(min_value=1),
-            E.ExpectColumnValuesToBeUnique(column="device_id"),
-            E.ExpectColumnValuesToBeBetween(column="dice_mean", min_value=0, max_value=1),
+            E.ExpectColumnValuesToBeUnique(column="size_bin"),
+            E.ExpectColumnValuesToBeBetween(column="sensitivity", min_value=0, max_value=1),
+            E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="lesions", column_B="detected", or_equal=True),
         ]),
     ]
 

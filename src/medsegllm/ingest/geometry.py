@@ -15,6 +15,9 @@ import pydicom
 GAP_TOLERANCE = 0.10  # relative deviation of a slice gap from the median gap
 DUPLICATE_MM = 1e-3
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# Largest plausible field of view (bores are under 1 m; a whole body under 2.5 m): beyond it the
+# geometry is corrupt, and resampling it to the target spacing would try to allocate gigabytes.
+MAX_FOV_MM = (1000.0, 1000.0, 2500.0)
 
 
 class SeriesError(ValueError):
@@ -33,7 +36,10 @@ def _floats(ds: pydicom.Dataset, keyword: str, n: int) -> np.ndarray:
     value = ds.get(keyword)
     if value is None or len(value) != n:
         raise SeriesError(f"missing or malformed {keyword}")
-    return np.asarray([float(v) for v in value], dtype=np.float64)
+    values = np.asarray([float(v) for v in value], dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise SeriesError(f"non-finite {keyword}")
+    return values
 
 
 def slice_geometry(datasets: list[pydicom.Dataset]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int], float]:
@@ -95,6 +101,11 @@ def build_volume(datasets: list[pydicom.Dataset], slices: list[np.ndarray]) -> V
     row_dir, col_dir, origin, order, step = slice_geometry(datasets)
     pixel_spacing = _floats(datasets[0], "PixelSpacing", 2)
     spacing = (float(pixel_spacing[1]), float(pixel_spacing[0]), float(step))
+    if min(spacing) <= 0:
+        raise SeriesError("non-positive pixel or slice spacing")
+    fov = np.asarray([int(datasets[0].Columns), int(datasets[0].Rows), len(order)]) * np.asarray(spacing)
+    if (fov > np.asarray(MAX_FOV_MM)).any():
+        raise SeriesError(f"implausible field of view {np.round(fov).tolist()} mm (limit {list(MAX_FOV_MM)})")
     array = np.stack([slices[i] for i in order], axis=-1)
     return Volume(array, ras_affine(row_dir, col_dir, origin, spacing), spacing, order)
 

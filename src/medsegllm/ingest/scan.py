@@ -6,6 +6,7 @@ that nothing was dropped silently.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,14 +65,33 @@ def iter_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
 
 
+class CappedReader(io.BufferedReader):
+    """A file whose reads never ask for more than it holds: pydicom allocates a buffer of an element's
+    declared length before reading, so a garbage length would otherwise reserve up to 4 GB."""
+
+    def __init__(self, path: Path):
+        super().__init__(io.FileIO(path, "rb"))
+        self.size = path.stat().st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > 0:
+            size = min(size, max(self.size - self.tell(), 0))
+        return super().read(size)
+
+
+def dcmread_capped(path: Path, **kwargs) -> pydicom.Dataset:
+    with CappedReader(path) as handle:
+        return pydicom.dcmread(handle, **kwargs)
+
+
 def read_header(path: Path) -> pydicom.Dataset:
     """Header only; files without the DICOM preamble are accepted if they parse as a raw dataset."""
     if path.stat().st_size == 0:
         raise ValueError("empty file")
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        return dcmread_capped(path, stop_before_pixels=True)
     except InvalidDicomError:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        ds = dcmread_capped(path, stop_before_pixels=True, force=True)
         if "SOPClassUID" not in ds or "Modality" not in ds:
             raise ValueError("not a DICOM file") from None
         return ds
@@ -147,10 +167,10 @@ def scan(root: Path) -> ScanResult:
         result.n_files += 1
         try:
             ds = read_header(path)
+            # values are decoded lazily: a wrong VR or a garbage number fails here, not in read_header
+            classify(path, ds, result, root)
         except Exception as exc:  # any parse failure is a property of the file, not of the batch
             result.quarantine.append((path, f"unreadable: {_describe(exc)}"))
-            continue
-        classify(path, ds, result, root)
     return result
 
 

@@ -16,6 +16,7 @@ from medsegllm.common.io import save_nifti
 from medsegllm.config import IngestParams
 from medsegllm.ingest.geometry import SeriesError, Volume, build_volume, pixels, slice_normal
 from medsegllm.ingest.harmonize import harmonize_label, harmonize_volume, histogram, raw_histogram
+from medsegllm.ingest.scan import dcmread_capped
 from medsegllm.ingest.seg import SegError, SliceIndex, seg_label_map
 
 
@@ -44,7 +45,7 @@ def decode_series(files: list[Path]) -> tuple[list[pydicom.Dataset], list[np.nda
     datasets, slices, bad = [], [], []
     for path in files:
         try:
-            ds = pydicom.dcmread(path, force=True)
+            ds = dcmread_capped(path, force=True)
             slices.append(pixels(ds))
             datasets.append(ds)
         except SeriesError as exc:
@@ -78,6 +79,8 @@ def process_series(job: SeriesJob) -> SeriesOutcome:
         volume = build_volume(datasets, slices)
     except SeriesError as exc:
         return _reject(job, str(exc))
+    except Exception as exc:  # a geometry value of the wrong type or an undecodable VR (pydicom raises many kinds)
+        return _reject(job, f"malformed geometry attributes ({type(exc).__name__})")
     params = job.params
     series_id = job.identity["series_id"]
     harmonized, affine = harmonize_volume(volume.array, volume.affine, job.modality, params)

@@ -105,7 +105,7 @@ class MedSegNet(_Base):
         super().__init__(train, device_ids)
         n_features = train.channels[0]
         if train.backbone == "unet":
-            self.backbone = _unet(train, n_features, norm="batch")
+            self.backbone = _unet(train, n_features, norm=train.norm)
             stages = _unet_encoder_stages(self.backbone)
         else:
             self.backbone = SegResNet(
@@ -115,7 +115,7 @@ class MedSegNet(_Base):
                 out_channels=n_features,
                 blocks_down=(1,) * len(train.channels),
                 blocks_up=(1,) * (len(train.channels) - 1),
-                norm="batch",
+                norm=train.norm,
             )
             stages = _segresnet_encoder_stages(self.backbone)
         parent, name = stages[-1]

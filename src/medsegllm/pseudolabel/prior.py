@@ -12,11 +12,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from medsegllm.knowledge import LESION_CLASS, SEG_CLASSES
+from medsegllm.knowledge import LESION_CLASS, SEG_CLASSES, SUBTYPES
 
 _NEGATED = {"negated", "absent", "no", "none", "ruled out", "excluded"}
 _CERTAINTY = {"definite": 1.0, "certain": 1.0, "probable": 0.8, "likely": 0.8, "possible": 0.5, "suspected": 0.6}
 DEFAULT_SIZE_MM = 20.0
+CLIP_SIGMAS = 1.5  # parenchyma range kept by `conspicuity`; brighter or darker voxels are clipped to it
+ENHANCEMENT_SIGN = {"hyper": 1, "hypo": -1}  # knowledge-base enhancement -> sign of conspicuity; unknown: either
 
 
 def spacing_of(affine: np.ndarray) -> np.ndarray:
@@ -53,12 +55,11 @@ def _kidney_side(mask: np.ndarray, affine: np.ndarray, laterality: str | None) -
     return labels == pick
 
 
-def _sublocation_centre(mask: np.ndarray, affine: np.ndarray, organ: str, location: str | None) -> np.ndarray:
-    """Voxel index of the organ voxel nearest the centroid of the reported sublocation."""
-    idx = np.argwhere(mask)
-    world = _world(affine, idx.astype(np.float64))
+def _sublocation_region(mask: np.ndarray, affine: np.ndarray, organ: str, location: str | None) -> np.ndarray:
+    """Boolean over the organ's voxels (np.argwhere order): those in the reported sublocation."""
+    world = _world(affine, np.argwhere(mask).astype(np.float64))
     x, z = world[:, 0], world[:, 2]
-    region = np.ones(len(idx), dtype=bool)
+    region = np.ones(len(world), dtype=bool)
     if organ == "liver":
         if location == "right lobe":
             region = x >= np.quantile(x, 0.5)
@@ -75,10 +76,61 @@ def _sublocation_centre(mask: np.ndarray, affine: np.ndarray, organ: str, locati
             region = z <= lo + third
         elif location == "interpolar":
             region = (z > lo + third) & (z < hi - third)
-    if not region.any():
-        region = np.ones(len(idx), dtype=bool)
+    return region if region.any() else np.ones(len(world), dtype=bool)
+
+
+def _sublocation_centre(mask: np.ndarray, affine: np.ndarray, organ: str, location: str | None) -> np.ndarray:
+    """Voxel index of the organ voxel nearest the centroid of the reported sublocation."""
+    idx = np.argwhere(mask)
+    world = _world(affine, idx.astype(np.float64))
+    region = _sublocation_region(mask, affine, organ, location)
     centroid = world[region].mean(axis=0)
     return idx[region][np.argmin(np.linalg.norm(world[region] - centroid, axis=1))]
+
+
+def conspicuity(image: np.ndarray, organ: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.ndarray:
+    """How much a lesion-sized neighbourhood differs from its surrounding parenchyma, in noise units.
+
+    A matched filter at the reported size: the organ-masked local mean at the lesion's scale minus
+    the organ-masked mean at three times that scale (which follows bias fields and organ
+    enhancement), over the organ's robust voxel noise. Signed: >0 brighter than parenchyma.
+    Pooling over the lesion's volume makes a lesion fainter than the voxel noise stand out.
+    Voxels beyond CLIP_SIGMAS noise sigmas of the parenchyma (vessels, calcifications) are clipped
+    in the local mean and left out of the surround, so that a thin, much brighter structure can
+    neither outshine a faint lesion nor mask one nearby, and the organ's rim
+    (partial volume with its neighbours) is left out. Zero outside the organ.
+    """
+    core = ndimage.binary_erosion(organ, iterations=1)
+    core = core if core.sum() >= 0.25 * organ.sum() else organ
+    image = np.asarray(image, dtype=np.float32)
+    values = image[core]
+    if values.size == 0:
+        return np.zeros(image.shape, dtype=np.float32)
+    level = float(np.median(values))
+    noise = max(1.4826 * float(np.median(np.abs(values - level))), 1e-6)
+    clipped = np.clip(image, level - CLIP_SIGMAS * noise, level + CLIP_SIGMAS * noise)
+    typical = core & (np.abs(image - level) < CLIP_SIGMAS * noise)  # parenchyma without vessels
+
+    def masked_mean(scale_mm: float, mask: np.ndarray) -> np.ndarray:
+        sigma = np.maximum(scale_mm / np.asarray(spacing, dtype=np.float64), 0.3)
+        weight = mask.astype(np.float32)
+        num = ndimage.gaussian_filter(clipped * weight, sigma)
+        den = ndimage.gaussian_filter(weight, sigma)
+        return np.divide(num, den, out=np.full_like(num, level), where=den > 1e-3)
+
+    local, surround = masked_mean(radius_mm / 2, core), masked_mean(3.0 * radius_mm, typical)
+    return np.where(core, (local - surround) / noise, 0.0).astype(np.float32)
+
+
+def _locate(score: np.ndarray, organ: np.ndarray, region_idx: np.ndarray, taken: np.ndarray, polarity: int) -> np.ndarray | None:
+    """The organ voxel most conspicuous in the subtype's direction, preferring the reported sublocation."""
+    preference = np.full(score.shape, 0.6, dtype=np.float32)
+    preference[tuple(region_idx.T)] = 1.0
+    signed = score * polarity if polarity else np.abs(score)
+    candidates = np.clip(signed, 0.0, None) * preference * (organ & ~taken)
+    if not candidates.any():
+        return None
+    return np.array(np.unravel_index(int(np.argmax(candidates)), score.shape))
 
 
 def lesion_blob(shape: tuple[int, ...], centre: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
@@ -89,9 +141,14 @@ def lesion_blob(shape: tuple[int, ...], centre: np.ndarray, radius_mm: float, sp
     return (1.0 / (1.0 + np.exp(-6.0 * (1.0 - d / max(radius_mm, 1e-3))))).astype(np.float32)
 
 
-def knowledge_prior(teacher_probs: np.ndarray, lesions: list[dict], tumour_present: bool, affine: np.ndarray) -> np.ndarray:
+def knowledge_prior(
+    teacher_probs: np.ndarray, lesions: list[dict], tumour_present: bool, affine: np.ndarray, image: np.ndarray | None = None
+) -> np.ndarray:
     """K (C,X,Y,Z): organ channels from the teacher, a lesion channel from the report, bg = 1 - rest.
 
+    Each reported lesion becomes a soft ball of the reported size in the reported organ (and side).
+    With the `image`, the ball sits where a lesion-sized region of that organ is most conspicuous
+    (`conspicuity`), preferring the reported sublocation; without it, at the sublocation's centre.
     A negated or absent tumour gives a zero lesion channel. Teacher lesion probability inside an
     organ is given back to that organ, and report lesions take their mass from the organ, so K
     stays a distribution.
@@ -100,24 +157,31 @@ def knowledge_prior(teacher_probs: np.ndarray, lesions: list[dict], tumour_prese
     shape = probs.shape[1:]
     spacing = spacing_of(affine)
     lesion = np.zeros(shape, dtype=np.float32)
-    if tumour_present:
-        for item in lesions:
-            weight = certainty_weight(item.get("certainty"))
-            organ = item.get("organ")
-            if weight <= 0 or organ not in SEG_CLASSES or organ in ("background", "lesion"):
-                continue
-            channel = SEG_CLASSES.index(organ)
-            mask = (probs[channel] + probs[LESION_CLASS]) > 0.5
-            if organ == "kidney":
-                mask = _kidney_side(mask, affine, item.get("laterality"))
-            if not mask.any():
-                continue
+    taken = np.zeros(shape, dtype=bool)
+    reported = sorted(lesions if tumour_present else [], key=lambda item: -(item.get("size_mm") or DEFAULT_SIZE_MM))
+    for item in reported:
+        weight = certainty_weight(item.get("certainty"))
+        organ = item.get("organ")
+        if weight <= 0 or organ not in SEG_CLASSES or organ in ("background", "lesion"):
+            continue
+        mask = (probs[SEG_CLASSES.index(organ)] + probs[LESION_CLASS]) > 0.5
+        if organ == "kidney":
+            mask = _kidney_side(mask, affine, item.get("laterality"))
+        if not mask.any():
+            continue
+        radius = float(item.get("size_mm") or DEFAULT_SIZE_MM) / 2
+        centre = None
+        if image is not None:
+            region_idx = np.argwhere(mask)[_sublocation_region(mask, affine, organ, item.get("location"))]
+            polarity = ENHANCEMENT_SIGN.get(SUBTYPES.get(item.get("subtype") or "", {}).get("enhancement"), 0)
+            centre = _locate(conspicuity(image, mask, spacing, radius), mask, region_idx, taken, polarity)
+        if centre is None:
             centre = _sublocation_centre(mask, affine, organ, item.get("location"))
-            radius = float(item.get("size_mm") or DEFAULT_SIZE_MM) / 2
-            blob = lesion_blob(shape, centre, radius, spacing)
-            grow = max(1, int(np.ceil(radius / spacing.min() / 2)))
-            blob *= ndimage.binary_dilation(mask, iterations=grow)
-            lesion = np.maximum(lesion, weight * blob)
+        blob = lesion_blob(shape, centre, radius, spacing)
+        grow = max(1, int(np.ceil(radius / spacing.min() / 2)))
+        blob *= ndimage.binary_dilation(mask, iterations=grow)
+        taken |= blob > 0.1
+        lesion = np.maximum(lesion, weight * blob)
     organs = [c for c, name in enumerate(SEG_CLASSES) if name not in ("background", "lesion")]
     organ_total = probs[organs].sum(axis=0)
     share = np.divide(probs[LESION_CLASS], organ_total, out=np.zeros(shape, np.float32), where=organ_total > 1e-6)
@@ -157,9 +221,23 @@ def restrict_lesions_to_report(fused: np.ndarray, prior: np.ndarray, floor: floa
     return fused
 
 
-def pseudo_label(fused: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """mask = argmax F, confidence = max F, weight = confidence where >= threshold else 0."""
+def pseudo_label(
+    fused: np.ndarray, threshold: float, lesion_threshold: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """mask = argmax F, confidence = max F, weight = confidence where >= threshold else 0.
+
+    With `lesion_threshold`, a voxel is lesion wherever F's lesion channel reaches it, even when an
+    organ holds more mass: with alpha = 0.7 a report lesion the teacher missed contributes at most
+    1 - alpha = 0.3 to F, so argmax alone could never add it (a class-specific threshold, as in
+    class-balanced self-training). Such a voxel's confidence is F_lesion / (2 * lesion_threshold),
+    capped at 1: 0.5 at the threshold, 1 at twice the threshold.
+    """
+    fused = np.asarray(fused, dtype=np.float32)
     mask = fused.argmax(axis=0).astype(np.uint8)
     confidence = fused.max(axis=0).astype(np.float32)
+    if lesion_threshold is not None:
+        added = (fused[LESION_CLASS] >= lesion_threshold) & (mask != LESION_CLASS)
+        mask[added] = LESION_CLASS
+        confidence[added] = np.minimum(1.0, fused[LESION_CLASS][added] / (2.0 * lesion_threshold))
     weight = np.where(confidence >= threshold, confidence, 0.0).astype(np.float32)
     return mask, confidence, weight

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import torch
 
 from medsegllm.common.deid import check_same_salt, resolve_salt
 from medsegllm.common.io import load_nifti, save_nifti, write_json, write_parquet
@@ -44,6 +45,18 @@ def lesion_dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2.0 * (p & t).sum() / total)
 
 
+def organ_dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Mean Dice over the organ classes present in either mask (lesion voxels are their own class)."""
+    scores = []
+    for c, name in enumerate(SEG_CLASSES):
+        if name in ("background", "lesion"):
+            continue
+        p, t = pred == c, truth == c
+        if p.any() or t.any():
+            scores.append(float(2.0 * (p & t).sum() / (p.sum() + t.sum())))
+    return float(np.mean(scores)) if scores else 1.0
+
+
 def _report(findings: pd.DataFrame, accession_id: str) -> tuple[list[dict], bool]:
     """(lesions, tumour_present) of the study's report; no report means no lesion prior."""
     if accession_id not in findings.index:
@@ -69,6 +82,7 @@ def run_pseudolabel(
     tparams = teacher_params(params)
     samples = build_samples(ingest_dir, findings_dir, None, tparams, labelled_only=True)
     class_prompts, subtype_prompts = load_prompts(findings_dir)
+    torch.manual_seed(params.seed)  # initial weights: torch's default seed differs in every process
     teacher = build_model(tparams.train, samples.device_ids, class_prompts, subtype_prompts)
     train_result = train_model(teacher, samples, tparams, out_dir / "teacher_run")
     save_checkpoint(out_dir / "teacher.pt", teacher, model_meta(teacher, list(SEG_CLASSES), {"seed": params.seed}))
@@ -81,16 +95,17 @@ def run_pseudolabel(
     findings = load_findings(findings_dir)
     rows = train_split(ingest_dir, params)
     alpha, threshold = params.pseudolabel.alpha, params.pseudolabel.confidence_threshold
-    records = []
+    records, organ_scores = [], []
     for row in rows[~rows["has_label"].astype(bool)].itertuples(index=False):
         volume, affine = load_nifti(ingest_dir / row.volume_path)
         probs = predict_volume(teacher, np.asarray(volume, dtype=np.float32), row.device_id)
         lesions, tumour = _report(findings, row.accession_id)
-        prior = knowledge_prior(probs, lesions, tumour, affine)
+        image = np.asarray(volume, dtype=np.float32) if params.pseudolabel.locate_by_image else None
+        prior = knowledge_prior(probs, lesions, tumour, affine, image=image)
         fused = fuse(probs, prior, alpha)
         if params.pseudolabel.lesions_from_report:
             fused = restrict_lesions_to_report(fused, prior)
-        mask, confidence, weight = pseudo_label(fused, threshold)
+        mask, confidence, weight = pseudo_label(fused, threshold, params.pseudolabel.lesion_threshold)
         mask_rel, conf_rel = f"masks/{row.series_id}.nii.gz", f"confidence/{row.series_id}.nii.gz"
         save_nifti(out_dir / mask_rel, mask, affine)
         save_nifti(out_dir / conf_rel, weight, affine)
@@ -99,6 +114,7 @@ def run_pseudolabel(
             reference = np.asarray(truth_on_grid(truth[row.series_id], params.ingest))
             dice_teacher = lesion_dice(probs.argmax(axis=0), reference)
             dice_fused = lesion_dice(mask, reference)
+            organ_scores.append((organ_dice(probs.argmax(axis=0), reference), organ_dice(mask, reference)))
             truth_lesion = bool((reference == LESION_CLASS).any())
         records.append(
             {"series_id": row.series_id, "mask_path": mask_rel, "confidence_path": conf_rel,
@@ -126,6 +142,9 @@ def run_pseudolabel(
             dice_fused=float(scored["dice_fused"].mean()),
             dice_teacher_tumour=float(tumour_rows["dice_teacher"].mean()) if len(tumour_rows) else None,
             dice_fused_tumour=float(tumour_rows["dice_fused"].mean()) if len(tumour_rows) else None,
+            n_scored_tumour=len(tumour_rows),
+            dice_organs_teacher=float(np.mean([t for t, _ in organ_scores])),
+            dice_organs_fused=float(np.mean([f for _, f in organ_scores])),
         )
     write_json(out_dir / "summary.json", summary)
     log.info("pseudolabels: %s", summary)

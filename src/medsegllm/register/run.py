@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-ARTIFACTS = ("report.html", "metrics.json", "per_device.csv", "gate.json", "validation.json")
+ARTIFACTS = ("report.html", "metrics.json", "per_device.csv", "per_modality.csv", "lesion_detection.csv",
+             "gate.json", "validation.json")
+PLOTS = "plots"  # the report's figures as PNG files
 _LOWER_IS_BETTER = ("hd95", "js_", "gap")
 
 
@@ -141,6 +143,8 @@ def run_register(model_path: Path, validation_dir: Path, out_dir: Path, params: 
     example = np.zeros((1, 1, *meta["train"]["roi_size"]), dtype=np.float32)
     run_params = {
         **flatten("train", params.train.model_dump(mode="json")),
+        **flatten("validate", params.validation.model_dump(mode="json")),
+        **flatten("split", params.split.model_dump(mode="json")),
         "seed": str(params.seed),
         "prompt_version": params.reports.prompt_version,
         "kb_version": knowledge.KB_VERSION,
@@ -158,6 +162,8 @@ def run_register(model_path: Path, validation_dir: Path, out_dir: Path, params: 
         for name in ARTIFACTS:
             if (validation_dir / name).exists():
                 mlflow.log_artifact(str(validation_dir / name), artifact_path="validation")
+        if (validation_dir / PLOTS).is_dir():
+            mlflow.log_artifacts(str(validation_dir / PLOTS), artifact_path=f"validation/{PLOTS}")
         model_info = mlflow.pytorch.log_model(
             exported,
             name="model",
@@ -169,7 +175,7 @@ def run_register(model_path: Path, validation_dir: Path, out_dir: Path, params: 
         )
         run_id = run.info.run_id
     version = str(model_info.registered_model_version)
-    for key in ("validation_data_hash", "variant"):
+    for key in ("validation_data_hash", "variant", "kb_version", "prompt_version"):
         client.set_model_version_tag(cfg.model_name, version, key, tags[key])
 
     alias, previous, reason = _choose_alias(client, cfg.model_name, metric_name, float(metric), data_hash)

@@ -1,7 +1,8 @@
 """The hallucination guard: a finding keeps only values the knowledge base allows and the text supports.
 
-Shared by the rule extractor and any later LLM backend, so no backend can add an organ, location,
-subtype, laterality or size that the report does not state.
+Shared by the rule extractor and the LLM backends, so no backend can add an organ, location,
+subtype, laterality or size that the report does not state: `check_sentence` re-reads each sentence
+an LLM writes with the same extractor and accepts it only when it says exactly the grounded lesion.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from medsegllm.reports import vocab
 
 CERTAINTIES: tuple[str, ...] = ("possible", "probable", "definite")
 NEGATED = "negated"
+MAX_SENTENCE_CHARS = 300
+LESION_FIELDS: tuple[str, ...] = ("organ", "location", "laterality", "size_mm", "subtype", "certainty")
 
 
 def ground(candidate: dict, text: str, negated: bool = False) -> tuple[dict | None, int]:
@@ -86,3 +89,33 @@ def entry(
         "subtype": subtype,
         "certainty": certainty,
     }
+
+
+def check_sentence(sentence: str, lesion: dict | None) -> str | None:
+    """Why an LLM sentence does not state exactly one grounded lesion (None: it does).
+
+    `lesion` None stands for a report without lesions: the sentence must then negate and name no
+    lesion, subtype or size. Otherwise the sentence, read by the rule extractor, must give exactly one
+    lesion whose every field equals the grounded one, and mention no other organ, subtype or size.
+    """
+    from medsegllm.reports.extract import extract_findings  # extract imports this module
+
+    text = sentence.strip()
+    if not text or len(text) > MAX_SENTENCE_CHARS or "\n" in text:
+        return "shape"
+    found = extract_findings(text)
+    if found.skipped_sentences:
+        return "instruction"
+    organs = {v for _, _, v in vocab.organ_matcher().find(text)} | {v[0] for _, _, v in vocab.location_matcher().find(text)}
+    subtypes = {v for _, _, v in vocab.subtype_matcher().find(text)}
+    sizes = {size for _, _, size, _ in vocab.find_sizes(text)}
+    if lesion is None:
+        if found.lesions or subtypes or sizes or not found.negated:
+            return "negative"
+        return None
+    if found.negated or len(found.lesions) != 1:
+        return "lesion_count"
+    if organs - {lesion["organ"]} or subtypes - {lesion["subtype"]} or sizes - {lesion["size_mm"]}:
+        return "extra_mention"
+    got = found.lesions[0]
+    return next((key for key in LESION_FIELDS if got[key] != lesion[key]), None)

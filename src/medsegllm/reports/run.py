@@ -19,6 +19,10 @@ from medsegllm.reports.backends import get_backend
 from medsegllm.reports.extract import extract_findings
 from medsegllm.reports.inputs import load_reports
 
+# summary.json carries these for every backend (all zero for rules), so runs compare column for column.
+LLM_COUNTS = {"llm_prompts": 0, "llm_cache_hits": 0, "llm_generated": 0, "llm_accepted": 0, "llm_rejected": 0,
+              "llm_reject_reasons": {}}
+
 
 def run_reports(input_path: Path, out_dir: Path, params: ReportsParams, salt: str) -> dict:
     """Scrub, extract, describe and embed every report; write the stage's tables and summary."""
@@ -28,7 +32,7 @@ def run_reports(input_path: Path, out_dir: Path, params: ReportsParams, salt: st
     reports = load_reports(Path(input_path), salt)
     findings = [extract_findings(report.text).as_dict() for report in reports]
     descriptions = backend.describe(findings)
-    embeddings = embed.encode(descriptions, params.batch_size)
+    embeddings = embed.encode([d.text for d in descriptions], params.batch_size)
     rows = [
         {
             "report_id": report.report_id,
@@ -41,10 +45,10 @@ def run_reports(input_path: Path, out_dir: Path, params: ReportsParams, salt: st
             "lesions_json": json.dumps(f["lesions"], sort_keys=True),
             "negated_json": json.dumps(f["negated"], sort_keys=True),
             "dropped_fields": f["dropped_fields"],
-            "description": description,
+            "description": description.text,
             "embedding": vector.tolist(),
-            "backend": backend.name,
-            "model_id": backend.model_id,
+            "backend": description.backend,
+            "model_id": description.model_id,
             "prompt_version": params.prompt_version,
         }
         for report, f, description, vector in zip(reports, findings, descriptions, embeddings, strict=True)
@@ -62,6 +66,8 @@ def run_reports(input_path: Path, out_dir: Path, params: ReportsParams, salt: st
         "phi_replaced": sum(report.phi_replaced for report in reports),
         "backend": backend.name,
         "backend_model_id": backend.model_id,
+        **LLM_COUNTS,
+        **backend.stats,
         "embedding_model_id": embed.model_id(),
         "prompt_version": params.prompt_version,
         "kb_version": KB_VERSION,

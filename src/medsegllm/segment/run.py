@@ -29,9 +29,10 @@ from medsegllm.ingest.harmonize import harmonize_volume
 from medsegllm.ingest.identity import device_id
 from medsegllm.ingest.scan import ImageHeader, scan
 from medsegllm.ingest.series import decode_series
+from medsegllm.knowledge import SEG_CLASSES
 from medsegllm.model.inference import predict_volume
 from medsegllm.segment.dicomseg import present_classes, write_seg
-from medsegllm.segment.source import load_segmenter
+from medsegllm.segment.source import ModelUnavailable, load_segmenter
 
 log = logging.getLogger(__name__)
 NO_FOREGROUND = "no foreground"
@@ -108,7 +109,9 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
     start = time.perf_counter()
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    network, _ = load_segmenter(model, params, base_dir)
+    network, meta = load_segmenter(model, params, base_dir)
+    if tuple(meta.get("classes") or SEG_CLASSES) != SEG_CLASSES:
+        raise ModelUnavailable(f"{model} segments {meta['classes']}, not the knowledge base's classes {SEG_CLASSES}")
     if torch.cuda.is_available():
         network = network.to("cuda")
     load_seconds = time.perf_counter() - start
@@ -149,6 +152,8 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
         "model_load_seconds": round(load_seconds, 3),
         "seconds": round(total, 3),
         "slices_per_s": round(n_slices / max(total - load_seconds, 1e-9), 2),
+        "latency_s_per_series": round(float(np.mean([r["seconds"] for r in rows])), 3) if rows else None,
+        "predict_slices_per_s": round(n_slices / max(sum(r["predict_seconds"] for r in rows), 1e-9), 2) if rows else None,
         "series": sorted(rows, key=lambda r: r["series_id"]),
     }
     write_json(out_dir / "segment_summary.json", summary)

@@ -6,6 +6,8 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+
 from medsegllm.common.deid import check_same_salt
 from medsegllm.common.io import write_json
 from medsegllm.config import Params
@@ -30,6 +32,7 @@ def run_train(
     samples = build_samples(ingest_dir, findings_dir, pseudo_dir if use_pseudo else None, params, labelled_only=not use_pseudo)
     log.info("train samples: %s", describe(samples))
     class_prompts, subtype_prompts = load_prompts(findings_dir)
+    torch.manual_seed(params.seed)  # initial weights: torch's default seed differs in every process
     model = build_model(params.train, samples.device_ids, class_prompts, subtype_prompts)
     result = train_model(model, samples, params, out_dir, resume=resume)
     save_checkpoint(out_dir / "model.pt", model, model_meta(model, list(SEG_CLASSES), {"seed": params.seed}))

@@ -29,14 +29,16 @@ from medsegllm.validate.metrics import (
     cohen_kappa,
     dice_per_class,
     hd95_per_class,
-    lesion_detection,
+    kappa_ci,
+    lesion_table,
     nanmean,
+    sensitivity_by_size,
 )
 from medsegllm.validate.report import Case, write_report
 
 log = logging.getLogger(__name__)
 
-PER_DEVICE_COLUMNS = ["device_id", "modality", "holdout", "n", "dice_mean", "ci_low", "ci_high", "dice_lesion"]
+LEAD_COLUMNS = ["device_id", "modality", "holdout"]
 
 
 class GateFailed(RuntimeError):
@@ -112,55 +114,101 @@ def _failure_table(gate: dict[str, Any]) -> str:
 def evaluate_series(
     probs: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], lesion_class: int
 ) -> dict[str, Any]:
-    """Dice/HD95 per foreground class, lesion detection counts and study-level lesion presence."""
+    """Dice/HD95 per foreground class, one row per reference lesion, false-positive lesions and
+    lesion presence (for study-level detection)."""
     n_classes = probs.shape[0]
     pred = probs.argmax(axis=0).astype(np.uint8)
-    n_ref, n_hit = lesion_detection(pred == lesion_class, ref == lesion_class)
+    lesions, false_positives = lesion_table(pred == lesion_class, ref == lesion_class, spacing)
     return {
         "pred": pred,
         "dice": dice_per_class(pred, ref, n_classes),
         "hd95": hd95_per_class(pred, ref, n_classes, spacing),
-        "lesions": n_ref,
-        "lesions_detected": n_hit,
+        "lesion_rows": lesions,
+        "lesions": len(lesions),
+        "lesions_detected": sum(r["detected"] for r in lesions),
+        "false_positive_lesions": false_positives,
         "ref_lesion": bool((ref == lesion_class).any()),
         "pred_lesion": bool((pred == lesion_class).any()),
     }
 
 
+def study_detection(per_series: pd.DataFrame) -> pd.DataFrame:
+    """Lesion present per study, in reference and prediction: a study is positive if any series is."""
+    key = next((c for c in ("study_id", "series_id") if c in per_series), None)
+    study = per_series[key] if key else pd.Series(per_series.index, index=per_series.index)
+    return per_series.assign(study_id=study).groupby("study_id")[["ref_lesion", "pred_lesion"]].any()
+
+
 def summarize(
     per_series: pd.DataFrame, class_names: tuple[str, ...], seen_devices: set[str], params: Params
 ) -> tuple[dict[str, float], pd.DataFrame, pd.DataFrame]:
-    """Headline metrics plus per-device and per-modality tables from the per-series results."""
+    """Headline metrics plus per-device and per-modality tables from the per-series results.
+
+    Confidence intervals resample studies (the `study_id` column when present, else series).
+    """
     fg = list(class_names[1:])
+    n_boot, seed = params.validation.bootstrap, params.seed
+    studies = per_series["study_id"].to_numpy() if "study_id" in per_series else None
     dice_cols = [f"dice_{c}" for c in fg]
     matrix = per_series[dice_cols].to_numpy(dtype=float)
-    low, high = bootstrap_ci(matrix, params.validation.bootstrap, params.seed)
-    per_device = aggregate(per_series, "device_id", dice_cols, params.validation.bootstrap, params.seed)
-    per_modality = aggregate(per_series, "modality", dice_cols, params.validation.bootstrap, params.seed)
+    low, high = bootstrap_ci(matrix, n_boot, seed, studies)
+    class_ci = {}
+    for c in fg:
+        c_low, c_high = bootstrap_ci(per_series[f"dice_{c}"].to_numpy(dtype=float), n_boot, seed, studies)
+        class_ci.update({f"dice_{c}_ci_low": c_low, f"dice_{c}_ci_high": c_high})
+    per_device = aggregate(per_series, "device_id", fg, n_boot, seed)
+    per_modality = aggregate(per_series, "modality", fg, n_boot, seed)
     modality = per_series.groupby("device_id")["modality"].first()
     per_device["modality"] = per_device["device_id"].map(modality)
     per_device["holdout"] = ~per_device["device_id"].isin(seen_devices)
-    per_device = per_device[PER_DEVICE_COLUMNS]
+    per_device = per_device[LEAD_COLUMNS + [c for c in per_device.columns if c not in LEAD_COLUMNS]]
     seen = per_series["device_id"].isin(seen_devices).to_numpy()
     # One or two series make a device's mean a coin toss; the gap compares devices measured on enough.
     gated = per_device[per_device["n"] >= params.validation.gates.min_device_series]
     device_means = gated["dice_mean"].to_numpy(dtype=float)
     device_means = device_means[np.isfinite(device_means)]
     lesions = per_series["lesions"].sum()
+    detection = study_detection(per_series)
+    k_low, k_high = kappa_ci(detection["ref_lesion"].to_numpy(), detection["pred_lesion"].to_numpy(), n_boot, seed)
     metrics = {
         "dice_mean": nanmean(matrix),
         **{f"dice_{c}": nanmean(per_series[f"dice_{c}"].to_numpy()) for c in fg},
         "dice_mean_ci_low": low,
         "dice_mean_ci_high": high,
+        **class_ci,
         "hd95_mean": nanmean(per_series[[f"hd95_{c}" for c in fg]].to_numpy(dtype=float)),
         "lesion_sensitivity": per_series["lesions_detected"].sum() / lesions if lesions else float("nan"),
-        "detection_kappa": cohen_kappa(per_series["ref_lesion"].to_numpy(), per_series["pred_lesion"].to_numpy()),
+        "lesions_reference": int(lesions),
+        "lesions_false_positive": int(per_series["false_positive_lesions"].sum()) if "false_positive_lesions" in per_series else 0,
+        "detection_kappa": cohen_kappa(detection["ref_lesion"].to_numpy(), detection["pred_lesion"].to_numpy()),
+        "detection_kappa_ci_low": k_low,
+        "detection_kappa_ci_high": k_high,
+        "n_studies": len(detection),
         "dice_seen_devices": nanmean(matrix[seen]),
         "dice_holdout_devices": nanmean(matrix[~seen]),
         "device_dice_gap": float(device_means.max() - device_means.min()) if device_means.size else float("nan"),
         "n_series": len(per_series),
     }
     return metrics, per_device, per_modality
+
+
+def load_reference_network(path: Path, model_meta: dict) -> Any:
+    """The same network trained without DAN and PDM, for the 'without' side of the feature JS.
+
+    Refused when it is not that: another backbone, widths or variant, or DAN/PDM switched on.
+    """
+    from medsegllm.model.checkpoint import load_model
+
+    reference, meta = load_model(path)
+    ours, theirs = model_meta["train"], meta["train"]
+    different = [k for k in ("variant", "backbone", "channels", "roi_size") if ours.get(k) != theirs.get(k)]
+    enabled = [k for k in ("dan", "pdm") if theirs.get(k, {}).get("enabled")]
+    if different or enabled:
+        raise ValueError(
+            f"--reference-checkpoint {path} is not this network trained without DAN+PDM "
+            f"(differs in {different or 'nothing'}; enabled: {enabled or 'none'})"
+        )
+    return reference.eval()
 
 
 def run_validate(
@@ -172,10 +220,13 @@ def run_validate(
     salt: str | None = None,
     pseudo_dir: Path | None = None,
     train_dir: Path | None = None,
+    reference_model_path: Path | None = None,
 ) -> dict:
     """Validate the model on the validation split; raise GateFailed (after writing) when a gate fails.
 
     With `truth_dir`, the hidden truth is the reference; `salt` defaults to the pipeline's salt.
+    With `reference_model_path` (the same network trained with DAN and PDM off), its bottleneck
+    feature JS is measured on the same series and reported beside the model's own.
     """
     from medsegllm.model.checkpoint import load_model
     from medsegllm.model.inference import bottleneck_features, predict_volume
@@ -192,27 +243,31 @@ def run_validate(
         salt = salt or resolve_salt(params.ingest)  # truth is keyed by raw UIDs: map them like ingest did
         check_same_salt(ingest_dir, salt)
     references = _reference_paths(val, ingest_dir, truth_dir, salt)
+    reference_model = load_reference_network(reference_model_path, meta) if reference_model_path else None
     log.info("validating %d series (%d with a reference)", len(val), len(references))
 
-    records, slices, features = [], {}, {}
+    records, lesion_rows, slices, features, features_ref = [], [], {}, {}, {}
     with torch.no_grad():
         for row in val.itertuples():
             volume = np.asarray(load_nifti(ingest_dir / row.volume_path)[0], dtype=np.float32)
             features.setdefault(row.device_id, []).append(bottleneck_features(model, volume, row.device_id))
+            if reference_model is not None:
+                features_ref.setdefault(row.device_id, []).append(bottleneck_features(reference_model, volume, row.device_id))
             if row.series_id not in references:
                 continue
             ref = _load_reference(references[row.series_id], from_truth, params)
             probs = predict_volume(model, volume, row.device_id)
             result = evaluate_series(probs, ref, tuple(row.spacing), lesion_class)
             slices[row.series_id] = _case_slice(volume, ref, result["pred"], lesion_class)
+            ids = {"series_id": row.series_id, "study_id": getattr(row, "study_id", None) or row.series_id,
+                   "device_id": row.device_id, "modality": row.modality}
+            lesion_rows += [{**ids, **lesion} for lesion in result["lesion_rows"]]
             records.append(
                 {
-                    "series_id": row.series_id,
-                    "device_id": row.device_id,
-                    "modality": row.modality,
+                    **ids,
                     **{f"dice_{c}": v for c, v in zip(class_names[1:], result["dice"])},
                     **{f"hd95_{c}": v for c, v in zip(class_names[1:], result["hd95"])},
-                    **{k: result[k] for k in ("lesions", "lesions_detected", "ref_lesion", "pred_lesion")},
+                    **{k: result[k] for k in ("lesions", "lesions_detected", "false_positive_lesions", "ref_lesion", "pred_lesion")},
                 }
             )
     n_skipped = len(val) - len(records)
@@ -222,11 +277,21 @@ def run_validate(
         raise ValueError(f"no validation series with a reference under {ingest_dir} (of {len(val)} in the split)")
     per_series = pd.DataFrame.from_records(records)
     metrics, per_device, per_modality = summarize(per_series, class_names, seen_devices, params)
+    lesions = pd.DataFrame.from_records(
+        lesion_rows, columns=["series_id", "study_id", "device_id", "modality", "volume_mm3", "diameter_mm", "detected"]
+    )
+    by_size = sensitivity_by_size(lesions, params.validation.lesion_size_bins_mm)
+    for bin_row in by_size.itertuples():
+        metrics[f"lesion_sensitivity_{bin_row.size_bin.replace(' ', '').replace('>=', 'from')}"] = bin_row.sensitivity
 
     groups = dict(zip(val.device_id, val.modality))
     metrics["js_intensity_raw"] = mean_pairwise_js(device_histograms(val, "raw_histogram"), groups)
     metrics["js_intensity_harmonized"] = mean_pairwise_js(device_histograms(val, "histogram"), groups)
     metrics["js_features"] = feature_js({d: np.concatenate(f) for d, f in features.items()}, groups)
+    if reference_model is not None:
+        without = feature_js({d: np.concatenate(f) for d, f in features_ref.items()}, groups)
+        metrics["js_features_without_dan_pdm"] = without
+        metrics["js_features_reduction"] = 1.0 - metrics["js_features"] / without if without > 0 else float("nan")
     gate = _gate(metrics, params)
     metrics["gate_passed"] = int(gate["passed"])
     data_hash = validation_hash(list(per_series["series_id"]))
@@ -246,18 +311,23 @@ def run_validate(
         "series_ids": sorted(per_series["series_id"]),
         "n_skipped": n_skipped,
         "variant": meta.get("variant"),
+        "reference_checkpoint": str(reference_model_path) if reference_model_path else None,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     flat = {k: _finite_or_none(float(v)) for k, v in metrics.items()}  # JSON has no NaN: null instead
     write_json(out_dir / "metrics.json", flat)
-    write_with(out_dir / "per_device.csv", lambda p: per_device.to_csv(p, index=False))
+    for name, table in (("per_device", per_device), ("per_modality", per_modality),
+                        ("lesion_detection", by_size), ("lesions", lesions)):
+        write_with(out_dir / f"{name}.csv", lambda p, t=table: t.to_csv(p, index=False))
     write_json(out_dir / "validation.json", validation)
     write_json(out_dir / "gate.json", gate)
     write_report(
         out_dir / "report.html",
+        plots_dir=out_dir / "plots",
         metrics=metrics,
         per_device=per_device,
         per_modality=per_modality,
+        lesion_detection=by_size,
         gate=gate,
         cases=cases,
         class_names=class_names,

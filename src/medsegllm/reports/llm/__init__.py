@@ -1,0 +1,1 @@
+"""LLM description backends: grounded findings in, one guarded sentence per lesion out."""
