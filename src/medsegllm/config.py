@@ -163,6 +163,12 @@ class TrainParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default")
 
+    @model_validator(mode="after")
+    def _dan_needs_batch_norm(self) -> "TrainParams":
+        if self.variant == "medsegllm" and self.dan.enabled and self.norm != "batch":
+            raise ValueError("train.dan keeps per-device batch-norm statistics: it needs train.norm: batch")
+        return self
+
 
 class GateParams(_Section):
     min_dice: float = Field(0.5, ge=0, le=1, description="mean foreground Dice over validation studies")

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -32,3 +33,16 @@ def test_inference_shapes_for_both_variants(prompts) -> None:
         assert np.allclose(probs.sum(axis=0), 1.0, atol=1e-5)
         feats = bottleneck_features(model, volume, "a")
         assert feats.shape == (3, 32)
+
+
+def test_backbone_norm_choice_and_dan_needs_batch_norm(prompts) -> None:
+    from pydantic import ValidationError
+
+    from medsegllm.config import parse_params
+
+    with pytest.raises(ValidationError, match="needs train.norm: batch"):
+        parse_params("train:\n  norm: instance\n")
+    train = parse_params("train:\n  norm: instance\n  dan: {enabled: false}\n").train
+    model = build_model(train, ["a"], *prompts)
+    norms = {type(m).__name__ for m in model.backbone.modules()}
+    assert "InstanceNorm2d" in norms and "BatchNorm2d" not in norms
