@@ -51,6 +51,7 @@ def read_demo(data_dir: Path) -> dict | None:
 ABLATIONS: dict[str, dict] = {
     "without DAN+PDM": {"dan": {"enabled": False}, "pdm": {"enabled": False}},
     "plain MONAI U-Net, voxel labels only": {"variant": "unet_baseline"},
+    "instance norm, without DAN (PDM kept)": {"norm": "instance", "dan": {"enabled": False}},
 }
 
 
