@@ -32,7 +32,7 @@ run: export MEDSEGLLM_SALT ?= medsegllm-demo-salt-public
 run: setup
 	dvc repro
 	@echo "--- per-device validation (data/validation/per_device.csv) ---"
-	@column -s, -t data/validation/per_device.csv
+	@python -c "import pandas as pd; d = pd.read_csv('data/validation/per_device.csv'); print(d[['device_id', 'modality', 'holdout', 'n', 'dice_mean', 'ci_low', 'ci_high', 'dice_liver', 'dice_kidney', 'dice_lesion', 'lesion_sensitivity']].round(3).to_string(index=False))"
 	@echo "--- metrics (data/validation/metrics.json; dvc metrics show lists every stage's) ---"
 	@python -c "import json; [print(f'{k:26} {v}') for k, v in json.load(open('data/validation/metrics.json')).items()]"
 	@echo "--- registration (data/registry/registration.json) ---"
