@@ -37,7 +37,7 @@ def read_demo(data_dir: Path) -> dict | None:
         "per_device": per_device,
         "js_intensity_reduction": reduction,
         "goals": [
-            {"goal": "cross-device JS of model features falls by >= 80 % with DAN+PDM (DESIGN.md)",
+            {"goal": "cross-device JS of model features falls by >= 80 % against the same network without DAN+PDM (DESIGN.md)",
              "value": None, "met": None,
              "note": "this run records js_features for the trained variant only, "
                      "with no same-run feature JS of a model without DAN+PDM"},
@@ -49,9 +49,9 @@ def read_demo(data_dir: Path) -> dict | None:
 
 # Variants retrained on the demo's own data and split, validated by the same code as the demo model.
 ABLATIONS: dict[str, dict] = {
-    "without DAN+PDM": {"dan": {"enabled": False}, "pdm": {"enabled": False}},
+    "without DAN+PDM": {"dan": {"enabled": False}, "pdm": {"enabled": False}},  # DAN is off by default
     "plain MONAI U-Net, voxel labels only": {"variant": "unet_baseline"},
-    "instance norm, without DAN (PDM kept)": {"norm": "instance", "dan": {"enabled": False}},
+    "batch norm with DAN (the paper's DAN)": {"norm": "batch", "dan": {"enabled": True}},
 }
 
 
@@ -95,7 +95,7 @@ def ablation_goals(demo: dict) -> list[dict]:
     js_drop = 1 - full["js_features"] / no_dan["js_features"] if no_dan.get("js_features") else None
     margin = full["dice_holdout_devices"] - unet["dice_holdout_devices"]
     return [
-        {"goal": "cross-device JS of model features falls by >= 80 % with DAN+PDM (DESIGN.md)",
+        {"goal": "cross-device JS of model features falls by >= 80 % against the same network without DAN+PDM (DESIGN.md)",
          "value": js_drop, "measure": "1 - js_features(full) / js_features(without DAN+PDM)",
          "met": js_drop is not None and js_drop >= JS_REDUCTION_GOAL},
         {"goal": "full method beats a plain MONAI U-Net on the same labels on held-out scanners (DESIGN.md)",
