@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from medsegllm.knowledge import SEG_CLASSES
+from medsegllm.common.io import load_nifti
+from medsegllm.knowledge import LESION_CLASS, SEG_CLASSES
 from medsegllm.model.checkpoint import load_model
 from medsegllm.model.inference import predict_volume
 from medsegllm.model.network import build_model
@@ -51,9 +52,12 @@ def test_resume_continues_exactly(stage_dirs, tmp_path) -> None:
 def test_pseudolabel_then_train_end_to_end(stage_dirs) -> None:
     root = stage_dirs["root"]
     params = tiny_params()
+    params.pseudolabel.teacher_epochs = 8  # a teacher that finds the liver, so the reports' lesions get placed
     summary = run_pseudolabel(stage_dirs["ingest"], stage_dirs["findings"], root / "pseudo", params)
     assert summary["n_series"] == 4 and summary["n_teacher_series"] == 2
     table = pd.read_parquet(root / "pseudo" / "pseudolabels.parquet")
+    lesion_masks = [int((np.asarray(load_nifti(root / "pseudo" / path)[0]) == LESION_CLASS).sum()) for path in table["mask_path"]]
+    assert sum(count > 0 for count in lesion_masks) >= 2
     assert set(table["series_id"]) == {"s2", "s3", "s4", "s5"}
     assert (root / "pseudo" / "teacher.pt").exists()
     assert all((root / "pseudo" / p).exists() for p in [*table["mask_path"], *table["confidence_path"]])
