@@ -140,7 +140,7 @@ CORPORA = st.lists(st.tuples(st.sampled_from(sorted(FAULTS)), st.integers(0, 2**
 FUZZ_RUNS: list[dict] = []
 
 
-@settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, database=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(faults=CORPORA)
 def _fuzz_property(faults: list[tuple[str, int]]) -> None:
     FUZZ_RUNS.append(run_corpus(faults))
