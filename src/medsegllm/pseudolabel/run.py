@@ -38,22 +38,23 @@ def teacher_params(params: Params) -> Params:
     return Params.model_validate(raw)
 
 
+def _class_dice(pred: np.ndarray, truth: np.ndarray, c: int) -> float | None:
+    """Dice of class `c`; None when neither mask has it."""
+    p, t = pred == c, truth == c
+    total = p.sum() + t.sum()
+    return None if total == 0 else float(2.0 * (p & t).sum() / total)
+
+
 def lesion_dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """Lesion-class Dice; 1.0 when both are empty (a correctly lesion-free study)."""
-    p, t = pred == LESION_CLASS, truth == LESION_CLASS
-    total = p.sum() + t.sum()
-    return 1.0 if total == 0 else float(2.0 * (p & t).sum() / total)
+    score = _class_dice(pred, truth, LESION_CLASS)
+    return 1.0 if score is None else score
 
 
 def organ_dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """Mean Dice over the organ classes present in either mask (lesion voxels are their own class)."""
-    scores = []
-    for c, name in enumerate(SEG_CLASSES):
-        if name in ("background", "lesion"):
-            continue
-        p, t = pred == c, truth == c
-        if p.any() or t.any():
-            scores.append(float(2.0 * (p & t).sum() / (p.sum() + t.sum())))
+    organs = [c for c, name in enumerate(SEG_CLASSES) if name not in ("background", "lesion")]
+    scores = [score for c in organs if (score := _class_dice(pred, truth, c)) is not None]
     return float(np.mean(scores)) if scores else 1.0
 
 
@@ -98,10 +99,10 @@ def run_pseudolabel(
     records, organ_scores = [], []
     for row in rows[~rows["has_label"].astype(bool)].itertuples(index=False):
         volume, affine = load_nifti(ingest_dir / row.volume_path)
-        probs = predict_volume(teacher, np.asarray(volume, dtype=np.float32), row.device_id)
+        image = np.asarray(volume, dtype=np.float32)
+        probs = predict_volume(teacher, image, row.device_id)
         lesions, tumour = _report(findings, row.accession_id)
-        image = np.asarray(volume, dtype=np.float32) if params.pseudolabel.locate_by_image else None
-        prior = knowledge_prior(probs, lesions, tumour, affine, image=image)
+        prior = knowledge_prior(probs, lesions, tumour, affine, image=image if params.pseudolabel.locate_by_image else None)
         fused = fuse(probs, prior, alpha)
         if params.pseudolabel.lesions_from_report:
             fused = restrict_lesions_to_report(fused, prior)
@@ -112,9 +113,10 @@ def run_pseudolabel(
         dice_teacher = dice_fused = truth_lesion = None
         if row.series_id in truth:
             reference = np.asarray(truth_on_grid(truth[row.series_id], params.ingest))
-            dice_teacher = lesion_dice(probs.argmax(axis=0), reference)
+            teacher_mask = probs.argmax(axis=0)
+            dice_teacher = lesion_dice(teacher_mask, reference)
             dice_fused = lesion_dice(mask, reference)
-            organ_scores.append((organ_dice(probs.argmax(axis=0), reference), organ_dice(mask, reference)))
+            organ_scores.append((organ_dice(teacher_mask, reference), organ_dice(mask, reference)))
             truth_lesion = bool((reference == LESION_CLASS).any())
         records.append(
             {"series_id": row.series_id, "mask_path": mask_rel, "confidence_path": conf_rel,
