@@ -49,6 +49,18 @@ def test_resume_continues_exactly(stage_dirs, tmp_path) -> None:
     assert np.allclose(log["loss"], pd.read_csv(tmp_path / "straight" / "train_log.csv")["loss"])
 
 
+def test_resume_after_the_last_checkpoint_restores_the_log(stage_dirs, tmp_path) -> None:
+    """A kill between the final checkpoint and its log write must not lose the last epoch's row."""
+    params = tiny_params(channels=[4, 8], epochs=2, steps_per_epoch=1)
+    samples = build_samples(stage_dirs["ingest"], stage_dirs["findings"], None, params)
+    model = build_model(params.train, samples.device_ids, *load_prompts(stage_dirs["findings"]))
+    train_model(model, samples, params, tmp_path)
+    (tmp_path / "train_log.csv").write_text("epoch\n1\n")  # the log as the kill left it
+    result = train_model(model, samples, params, tmp_path, resume=True)
+    assert result["epoch"] == 2
+    assert pd.read_csv(tmp_path / "train_log.csv")["epoch"].tolist() == [1, 2]
+
+
 def test_pseudolabel_then_train_end_to_end(stage_dirs) -> None:
     root = stage_dirs["root"]
     params = tiny_params()

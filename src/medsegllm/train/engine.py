@@ -138,6 +138,7 @@ def train_model(
         rows = list(state["rows"])
         start_epoch = int(state["epoch"])
         _restore_rng(state["rng"], rng)
+        _write_log(log_path, rows)  # a kill can land between the checkpoint and the log write
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     step_times: list[float] = []
     bar = tqdm(total=total_steps, initial=start_epoch * train.steps_per_epoch, file=sys.stderr, desc="train", leave=False)
