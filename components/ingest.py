@@ -38,7 +38,7 @@ def ingest_shard(params_yaml: str, cohort: Input[Dataset], plan: Input[Artifact]
 
     params = parse_params(params_yaml)
     run_ingest_shard(Path(cohort.path) / "dicom", Path(plan.path), shard, Path(ingested_shard.path), params.ingest,
-                     resolve_salt(params.ingest))
+                     resolve_salt(params.ingest), holdout_devices=params.split.holdout_devices)
 
 
 @dsl.component(base_image=IMAGE)

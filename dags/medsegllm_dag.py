@@ -91,7 +91,8 @@ def stage_argv(stage: str, run: dict, shard: int | None = None) -> list[str]:
         "pseudolabel": lambda: ["pseudolabel", "--ingested", out["ingest"], "--findings", out["reports"],
                                 "--out", out["pseudolabel"], *truth],
         "train": lambda: ["train", "--ingested", out["ingest"], "--findings", out["reports"],
-                          "--pseudolabels", out["pseudolabel"], "--out", out["train"]],
+                          "--pseudolabels", out["pseudolabel"], "--out", out["train"], *truth,
+                          "--nproc-per-node", 0],  # one process per GPU the task was given (torchrun)
         "validate": lambda: ["validate", "--model", layout.model, "--ingested", out["ingest"], "--out", out["validate"],
                              "--pseudolabels", out["pseudolabel"], "--train-dir", out["train"], *truth],
         "register": lambda: ["register", "--model", layout.model, "--validation", out["validate"], "--out", out["register"]],

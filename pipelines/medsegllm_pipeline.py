@@ -28,6 +28,12 @@ def default_params() -> str:
     return json.dumps(yaml.safe_load((HERE.parent / "params.yaml").read_text()), sort_keys=True)
 
 
+def train_gpus() -> int:
+    """GPUs of the train task, fixed at compile time (KFP takes no run-time accelerator count): the
+    params.yaml value `airflow.kubernetes.train_gpus`, shared with the Airflow Kubernetes mode."""
+    return int(yaml.safe_load((HERE.parent / "params.yaml").read_text())["airflow"]["kubernetes"]["train_gpus"])
+
+
 def _ingest(params_yaml: str, cohort, ingest_shards: int, data_version: str) -> dsl.PipelineTask:
     """Ingest fanned out: plan, one task per shard (dsl.ParallelFor), merge + gate over the collected shards."""
     plan = ingest_plan(cohort=cohort, n_shards=ingest_shards, data_version=data_version)
@@ -39,8 +45,8 @@ def _ingest(params_yaml: str, cohort, ingest_shards: int, data_version: str) -> 
     return merged.set_display_name("ingest: merge + gate")
 
 
-def _stages(params_yaml: str, cohort, ingest_shards: int, data_version: str) -> dsl.PipelineTask:
-    """Wire ingest (sharded) -> reports -> pseudolabel -> train (1 GPU) -> validate -> register after a cohort artifact.
+def _stages(params_yaml: str, cohort, ingest_shards: int, data_version: str, gpus: int) -> dsl.PipelineTask:
+    """Wire ingest (sharded) -> reports -> pseudolabel -> train (`gpus` GPUs) -> validate -> register after a cohort artifact.
 
     Every component takes the whole params_yaml, so any changed parameter reruns it (KFP's cache key
     is the component, its parameter values and its input artifacts); data_version does the same for
@@ -51,11 +57,11 @@ def _stages(params_yaml: str, cohort, ingest_shards: int, data_version: str) -> 
     findings.set_display_name("reports + gate")
     pseudo = pseudolabel(params_yaml=params_yaml, cohort=cohort, ingested=ingested.outputs["ingested"],
                          findings=findings.outputs["findings"]).set_display_name("pseudolabel + gate")
-    trained = train(params_yaml=params_yaml, ingested=ingested.outputs["ingested"],
+    trained = train(params_yaml=params_yaml, cohort=cohort, ingested=ingested.outputs["ingested"],
                     findings=findings.outputs["findings"], pseudolabels=pseudo.outputs["pseudolabels"])
     trained.set_display_name("train + gate")
-    trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-    trained.set_cpu_limit("8").set_memory_limit("32G")
+    trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)  # >1: torchrun inside the task
+    trained.set_cpu_limit(str(8 * gpus)).set_memory_limit(f"{32 * gpus}G")
     validated = validate(params_yaml=params_yaml, cohort=cohort, ingested=ingested.outputs["ingested"],
                          pseudolabels=pseudo.outputs["pseudolabels"], model=trained.outputs["model"])
     validated.set_display_name("validate + gates")
@@ -64,17 +70,24 @@ def _stages(params_yaml: str, cohort, ingest_shards: int, data_version: str) -> 
     return registered
 
 
-@dsl.pipeline(name="medsegllm-demo", description="MedSegLLM on the generated demo cohort.")
-def demo_pipeline(params_yaml: str, ingest_shards: int = 1) -> str:
-    cohort = synth(params_yaml=params_yaml).set_display_name("synthesize demo cohort")
-    return _stages(params_yaml, cohort.outputs["cohort"], ingest_shards, "demo").outputs["Output"]
+def build_pipelines(gpus: int) -> tuple:
+    """(demo pipeline, cohort pipeline) whose train task gets `gpus` GPUs (KFP traces a pipeline when it is defined)."""
+
+    @dsl.pipeline(name="medsegllm-demo", description="MedSegLLM on the generated demo cohort.")
+    def demo_pipeline(params_yaml: str, ingest_shards: int = 1) -> str:
+        cohort = synth(params_yaml=params_yaml).set_display_name("synthesize demo cohort")
+        return _stages(params_yaml, cohort.outputs["cohort"], ingest_shards, "demo", gpus).outputs["Output"]
+
+    @dsl.pipeline(name="medsegllm", description="MedSegLLM on a cohort folder: dicom/, reports.jsonl, optional truth/.")
+    def pipeline(params_yaml: str, cohort_uri: str, data_version: str, ingest_shards: int = 4) -> str:
+        cohort = dsl.importer(artifact_uri=cohort_uri, artifact_class=Dataset, reimport=False,
+                              metadata={"data_version": data_version})
+        return _stages(params_yaml, cohort.output, ingest_shards, data_version, gpus).outputs["Output"]
+
+    return demo_pipeline, pipeline
 
 
-@dsl.pipeline(name="medsegllm", description="MedSegLLM on a cohort folder: dicom/, reports.jsonl, optional truth/.")
-def pipeline(params_yaml: str, cohort_uri: str, data_version: str, ingest_shards: int = 4) -> str:
-    cohort = dsl.importer(artifact_uri=cohort_uri, artifact_class=Dataset, reimport=False,
-                          metadata={"data_version": data_version})
-    return _stages(params_yaml, cohort.output, ingest_shards, data_version).outputs["Output"]
+demo_pipeline, pipeline = build_pipelines(train_gpus())
 
 
 COMPILED = {demo_pipeline: HERE / "medsegllm_demo_pipeline.yaml", pipeline: HERE / "medsegllm_pipeline.yaml"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -34,12 +35,13 @@ TruthOpt = Annotated[
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
-    logging.basicConfig(
+    logging.basicConfig(  # logs on stderr: stdout carries each command's JSON summary alone
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
-        handlers=[RichHandler(console=None, show_path=False, rich_tracebacks=False)],
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)],
     )
 
 
@@ -93,7 +95,27 @@ def ingest(
     params = _params(params_file)
     if not input.is_dir():
         _fail(f"--input {input} is not a folder")
-    _print(run_ingest(input, out, params.ingest, _salt(params), workers=workers))
+    _print(run_ingest(input, out, params.ingest, _salt(params), workers=workers,
+                      holdout_devices=params.split.holdout_devices))
+
+
+@app.command("quarantine-resolve")
+def quarantine_resolve(
+    input: Annotated[Path, typer.Option("--input", help="The DICOM folder tree that was ingested (or segmented).")],
+    quarantine: Annotated[Path, typer.Option("--quarantine", help="quarantine.parquet of `ingest` or `segment`.")],
+    params_file: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Print each quarantined file's real path next to its pseudonymized one (stdout only: never written to a file)."""
+    from medsegllm.ingest.quarantine import resolve_quarantine
+
+    params = _params(params_file)
+    if not input.is_dir():
+        _fail(f"--input {input} is not a folder")
+    rows = resolve_quarantine(input, quarantine, _salt(params))
+    for row in rows:
+        typer.echo(f"{row['path']}\t{row['input_path'] or '(not found under --input)'}\t{row['reason']}")
+    if any(row["input_path"] is None for row in rows):
+        _fail("some quarantined files are not under --input (another input tree, or another salt)")
 
 
 @app.command("ingest-plan")
@@ -123,7 +145,8 @@ def ingest_shard(
     from medsegllm.ingest.shards import run_ingest_shard
 
     params = _params(params_file)
-    _print(run_ingest_shard(input, plan, shard, out, params.ingest, _salt(params), workers=workers))
+    _print(run_ingest_shard(input, plan, shard, out, params.ingest, _salt(params), workers=workers,
+                            holdout_devices=params.split.holdout_devices))
 
 
 @app.command("ingest-merge")
@@ -179,12 +202,26 @@ def train(
     pseudolabels: Annotated[Optional[Path], typer.Option("--pseudolabels", help="Output folder of `pseudolabel`.")] = None,
     params_file: ParamsOpt = Path("params.yaml"),
     resume: Annotated[bool, typer.Option(help="Continue from the last epoch checkpoint in --out.")] = False,
+    truth: TruthOpt = None,
+    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", help="Data-parallel processes (torchrun, one per GPU); 0: one per visible GPU.")] = 1,
 ) -> None:
-    """Train the segmentation model (alignment, DAN, PDM as set in params); CUDA when present."""
+    """Train the segmentation model (alignment, DAN, PDM as set in params); CUDA when present.
+
+    With --truth (the demo's hidden truth), pseudo_rounds.csv logs pseudo-label Dice per refresh round.
+    """
+    from medsegllm.train import launch
     from medsegllm.train.run import run_train
 
     params = _params(params_file)
-    _print(run_train(ingested, findings, pseudolabels, out, params, resume=resume))
+    nproc = launch.processes(nproc_per_node)
+    if nproc > 1 and not launch.under_torchrun():
+        args = ["train", "--ingested", str(ingested), "--findings", str(findings), "--out", str(out),
+                "--params", str(params_file), *(["--pseudolabels", str(pseudolabels)] if pseudolabels else []),
+                *(["--resume"] if resume else []), *(["--truth", str(truth)] if truth else [])]
+        raise typer.Exit(launch.relaunch(nproc, args))
+    metrics = run_train(ingested, findings, pseudolabels, out, params, resume=resume, truth_dir=truth)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns the metrics; one prints them
+        _print(metrics)
 
 
 @app.command()

@@ -24,6 +24,22 @@ class SynthParams(_Section):
     phi_fraction: float = Field(0.25, ge=0, le=1, description="reports carrying identifying text")
 
 
+class MRStandardizationParams(_Section):
+    """Nyul-style per-device MR histogram standardization (medsegllm.ingest.standardize)."""
+
+    enabled: bool = Field(True, description="map each MR device's landmarks onto the standard scale of the training devices")
+    landmarks: list[float] = Field(
+        [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0],
+        description="foreground percentiles between the mr_percentiles ends (which robust normalization pins to 0 and 1)",
+    )
+
+    @model_validator(mode="after")
+    def _increasing(self) -> "MRStandardizationParams":
+        if not self.landmarks or any(not 0 < p < 100 for p in self.landmarks) or sorted(set(self.landmarks)) != self.landmarks:
+            raise ValueError("mr_standardization.landmarks must be strictly increasing percentiles in (0, 100)")
+        return self
+
+
 class IngestParams(_Section):
     target_spacing: tuple[float, float, float] = Field((4.0, 4.0, 5.0), description="mm, RAS x y z")
     ct_window: tuple[float, float] = Field((-160.0, 240.0), description="HU window mapped to [0, 1]")
@@ -31,6 +47,11 @@ class IngestParams(_Section):
     salt_env: str = Field("MEDSEGLLM_SALT", description="environment variable holding the pseudonym salt")
     salt_file: str = Field(".medsegllm/salt", description="used (and created) when the variable is unset")
     histogram_bins: int = Field(64, ge=8)
+    pseudonymize_paths: bool = Field(
+        True, description="quarantine tables name input files by salted per-component pseudonyms "
+        "(`medsegllm quarantine-resolve` maps them back locally); false keeps relative paths, for trees without PHI"
+    )
+    mr_standardization: MRStandardizationParams = Field(default_factory=MRStandardizationParams)
 
 
 class SplitParams(_Section):
@@ -135,6 +156,12 @@ class PDMParams(_Section):
 class PseudoLossParams(_Section):
     enabled: bool = True
     weight: float = Field(0.5, ge=0)
+    ema_decay: float = Field(0.99, ge=0, lt=1, description="teacher = EMA of the student: ema <- decay*ema + (1-decay)*student, per step")
+    refresh_every: int = Field(0, ge=0, description="re-fuse the pseudo-labels with the EMA teacher every N epochs; 0: never")
+    refresh_start: int = Field(8, ge=1, description="first epoch (1-based) after which a refresh may run")
+    ema_warmup: bool = Field(
+        True, description="decay min(ema_decay, (1+n)/(10+n)) after n updates: the teacher forgets the random initial weights"
+    )
 
 
 class TrainParams(_Section):
@@ -162,6 +189,9 @@ class TrainParams(_Section):
     pdm: PDMParams = PDMParams()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default")
+    compile: bool = Field(
+        False, description="torch.compile the training step (inductor: needs a C++ compiler, and triton on CUDA)"
+    )
 
     @model_validator(mode="after")
     def _dan_needs_batch_norm(self) -> "TrainParams":
@@ -294,9 +324,31 @@ class Params(_Section):
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params; a missing file means all defaults."""
+    """Read and validate params; a missing file means all defaults.
+
+    A file may start from another (`extends: ../params.yaml`, relative to itself) and hold only what
+    it changes (configs/gpu.yaml): mappings merge key by key, lists and values replace.
+    """
     path = Path(path)
-    return parse_params(path.read_text()) if path.exists() else Params()
+    return Params.model_validate(_read_extended(path)) if path.exists() else Params()
+
+
+def _read_extended(path: Path, seen: frozenset[Path] = frozenset()) -> dict:
+    data = yaml.safe_load(path.read_text()) or {}
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    base_path = (path.parent / base).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise ValueError(f"params files extend each other in a cycle at {base_path}")
+    return _merge(_read_extended(base_path, seen | {path.resolve()}), data)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def parse_params(text: str) -> Params:

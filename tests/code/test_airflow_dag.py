@@ -80,7 +80,7 @@ def test_kubernetes_mode_builds_pods(dag_module, settings):
     assert container.image == k.gpu_image and container.command == ["medsegllm"]
     assert container.args == ["train", "--ingested", f"{root}/ingested", "--findings", f"{root}/findings",
                               "--pseudolabels", f"{root}/pseudolabels", "--out", f"{root}/model",
-                              "--params", "/data/params.yaml"]
+                              "--truth", f"{root}/cohort/truth", "--nproc-per-node", "0", "--params", "/data/params.yaml"]
     assert container.resources.limits["nvidia.com/gpu"] == str(k.train_gpus)
     assert container.resources.requests == {"cpu": k.train_cpu, "memory": k.train_memory}
     assert pod.spec.volumes[0].persistent_volume_claim.claim_name == k.pvc

@@ -17,6 +17,7 @@ from medsegllm.ingest.shards import ShardMergeError, merge_shards, plan_shards, 
 
 SALT = "shard-salt"
 PARAMS = IngestParams()
+HOLDOUT = ["siemens_skyra"]  # an MR device of this cohort: standardized, but not part of the standard scale
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +38,11 @@ def tree(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def single_and_sharded(tree, tmp_path_factory) -> tuple[Path, Path, dict]:
     work = tmp_path_factory.mktemp("runs")
-    run_ingest(tree, work / "single", PARAMS, SALT)
+    run_ingest(tree, work / "single", PARAMS, SALT, holdout_devices=HOLDOUT)
     write_plan(tree, 3, work / "plan")
     shard_dirs = [work / f"shard{i}" for i in range(3)]
     for i, shard_dir in enumerate(shard_dirs):
-        run_ingest_shard(tree, work / "plan", i, shard_dir, PARAMS, SALT)
+        run_ingest_shard(tree, work / "plan", i, shard_dir, PARAMS, SALT, holdout_devices=HOLDOUT)
     merged = merge_shards(shard_dirs, work / "merged", work / "plan")
     return work / "single", work / "merged", merged
 
@@ -63,6 +64,11 @@ def test_merged_equals_single_run(single_and_sharded):
     single, merged, summary = single_and_sharded
     for table in ("manifest.parquet", "quarantine.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(single / table), pd.read_parquet(merged / table))
+    # MR standardization runs once over all shards: the same landmarks, standard scale and maps
+    standardization = json.loads((single / "mr_standardization.json").read_text())
+    assert standardization == json.loads((merged / "mr_standardization.json").read_text())
+    assert standardization["standard_scale"] is not None and HOLDOUT[0] in standardization["devices"]
+    assert HOLDOUT[0] not in standardization["training_devices"]
     assert len(pd.read_parquet(merged / "quarantine.parquet")) == 3
     single_summary = json.loads((single / "summary.json").read_text())
     for key in ("n_files", "n_series", "n_image_files", "n_label_files", "n_report_files", "n_quarantined_files",
@@ -89,3 +95,13 @@ def test_merge_refuses_missing_or_duplicate_shards(single_and_sharded, tmp_path)
         json.dumps(json.loads((work / "shard1" / "summary.json").read_text()) | {"salt_fingerprint": "other"}))
     with pytest.raises(ShardMergeError, match="different salts"):
         merge_shards([work / "shard0", tmp_path / "stale", work / "shard2"], tmp_path / "c")
+
+
+def test_merge_refuses_shards_with_different_mr_standardization(single_and_sharded, tmp_path):
+    work = single_and_sharded[0].parent
+    shutil.copytree(work / "shard1", tmp_path / "other")
+    meta = json.loads((work / "shard1" / "shard.json").read_text())
+    meta["mr_standardization"]["holdout_devices"] = []
+    (tmp_path / "other" / "shard.json").write_text(json.dumps(meta))
+    with pytest.raises(ShardMergeError, match="different MR standardization"):
+        merge_shards([work / "shard0", tmp_path / "other", work / "shard2"], tmp_path / "merged", work / "plan")

@@ -59,10 +59,27 @@ def test_training_task_requests_one_gpu():
     assert float(resources["cpuLimit"]) >= 4 and float(resources["memoryLimit"]) >= 16  # GB
 
 
+def test_multi_gpu_training_compiles_to_one_task_with_n_gpus(tmp_path):
+    """`airflow.kubernetes.train_gpus: 8` compiles a train task given 8 GPUs whose code runs torchrun (one process each)."""
+    from kfp import compiler
+
+    import pipelines.medsegllm_pipeline as wiring
+
+    _, pipeline = wiring.build_pipelines(8)
+    path = tmp_path / "eight.yaml"
+    compiler.Compiler().compile(pipeline, str(path), pipeline_parameters={"params_yaml": wiring.default_params()})
+    container = yaml.safe_load(path.read_text())["deploymentSpec"]["executors"]["exec-train"]["container"]
+    assert int(container["resources"]["accelerator"]["resourceCount"]) == 8
+    assert float(container["resources"]["cpuLimit"]) == 64 and float(container["resources"]["memoryLimit"]) >= 256
+    assert "run_train_on_all_gpus" in "\n".join(container["command"])
+
+
 def test_every_component_calls_the_library_and_its_gate():
     for stage in STAGES:
         source = (ROOT / "components" / f"{stage}.py").read_text()
-        library = "from medsegllm.ingest.shards import" if stage == "ingest" else f"from medsegllm.{stage}.run import run_{stage}"
+        library = {"ingest": "from medsegllm.ingest.shards import",
+                   "train": "from medsegllm.train.launch import run_train_on_all_gpus"}.get(
+            stage, f"from medsegllm.{stage}.run import run_{stage}")
         assert library in source
         assert f'run_check("{stage}"' in source
 

@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from medsegllm.model.checkpoint import load_model
 from tests.conftest import ROOT
 from tests.e2e.phi import cohort_identifiers, leaks
 
@@ -34,6 +35,8 @@ def test_dvc_repro_end_to_end_then_noop(tmp_path, tiny_params_file):
     assert 0.0 <= metrics["dice_mean"] <= 1.0 and 0.0 <= metrics["js_features"] <= 1.0
     for stage_dir in ["ingested", "findings", "pseudolabels", "model", "validation", "registry"]:
         assert json.loads((project / "data" / stage_dir / "data_checks.json").read_text())["passed"]
+    _, meta = load_model(project / "data/model/model.pt")  # segment maps new MR series as ingest did
+    assert meta["mr_standardization"] == json.loads((project / "data/ingested/mr_standardization.json").read_text())
 
     identifiers = cohort_identifiers(project / "data/cohort/dicom")
     assert len(identifiers) > 50

@@ -46,3 +46,19 @@ def test_backbone_norm_choice_and_dan_needs_batch_norm(prompts) -> None:
     model = build_model(train, ["a"], *prompts)
     norms = {type(m).__name__ for m in model.backbone.modules()}
     assert "InstanceNorm2d" in norms and "BatchNorm2d" not in norms
+
+
+def test_inference_precision_bf16_matches_fp32_and_auto_follows_the_hardware(prompts) -> None:
+    from medsegllm.model.inference import autocast_for, bf16_supported
+
+    volume = np.random.default_rng(1).random((40, 36, 3), dtype=np.float32)
+    model = build_model(tiny_params().train, ["a"], *prompts)
+    fp32 = predict_volume(model, volume, "a", precision="fp32")
+    bf16 = predict_volume(model, volume, "a", precision="bf16")
+    assert not np.array_equal(fp32, bf16)  # bf16 really ran
+    assert np.abs(fp32 - bf16).max() < 0.05 and np.allclose(bf16.sum(axis=0), 1.0, atol=1e-5)
+    auto = predict_volume(model, volume, "a")
+    assert np.array_equal(auto, bf16 if bf16_supported(torch.device("cpu")) else fp32)
+    assert isinstance(autocast_for(torch.device("cpu"), "bf16"), torch.autocast)
+    with pytest.raises(ValueError, match="precision"):
+        autocast_for(torch.device("cpu"), "fp16")

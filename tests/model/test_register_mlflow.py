@@ -99,3 +99,31 @@ def test_alias_sequence_and_load(workdir: Path, model_path: Path):
     tags = mlflow.MlflowClient().get_model_version("medsegllm", better["version"]).tags
     assert tags["kb_version"] == run.data.tags["kb_version"] and tags["prompt_version"] == "v1"
     assert mlflow.models.get_model_info("models:/medsegllm@champion").signature is not None
+
+
+def test_store_killed_while_created_is_rebuilt(tmp_path):
+    """SIGKILL while MLflow builds a new sqlite store's schema: no half-built store is left to break
+    the rerun (MLflow cannot reopen one), and the rerun also removes the dead attempt's files."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow import MlflowClient
+
+    from medsegllm.register.run import ensure_sqlite_store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    child = subprocess.Popen([sys.executable, "-c", f"from medsegllm.register.run import ensure_sqlite_store as e; e({uri!r})"],
+                             start_new_session=True)
+    t0 = time.monotonic()
+    while not any(p.stat().st_size for p in tmp_path.glob(".mlflow.db.*.tmp.db")) and child.poll() is None \
+            and time.monotonic() - t0 < 60:
+        time.sleep(0.01)
+    assert child.poll() is None, "the schema was built before the kill; nothing was tested"
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    assert not (tmp_path / "mlflow.db").exists() and list(tmp_path.glob(".mlflow.db.*"))
+    ensure_sqlite_store(uri)
+    assert [e.name for e in MlflowClient(tracking_uri=uri).search_experiments()] == ["Default"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]

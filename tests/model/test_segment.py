@@ -22,6 +22,7 @@ from medsegllm.common.io import load_nifti
 from medsegllm.config import IngestParams, Params, SynthParams, TrainParams
 from medsegllm.ingest.geometry import build_volume, pixels
 from medsegllm.ingest.harmonize import harmonize_label
+from medsegllm.ingest.quarantine import pseudonymize_path
 from medsegllm.knowledge import SEG_CLASSES
 from medsegllm.segment import run as segment_run
 from medsegllm.segment.run import run_segment, to_source_grid
@@ -133,7 +134,8 @@ def test_forced_labels_bad_files_and_empty_series(checkpoint: Path, tmp_path: Pa
     monkeypatch.setattr(segment_run, "predict_volume", lesion_on_middle_slice)
     summary = run_segment(str(checkpoint), data, tmp_path / "bad", Params(), SALT)
     reasons = {r["path"]: r["reason"] for r in pq.read_table(tmp_path / "bad" / "quarantine.parquet").to_pylist()}
-    assert summary["n_series"] == 0 and set(reasons) == {"notes.txt", "broken/x.dcm", "ct/01.dcm", "ct/02.dcm", "ct/03.dcm"}
+    named = {"notes.txt", "broken/x.dcm", "ct/01.dcm", "ct/02.dcm", "ct/03.dcm"}
+    assert summary["n_series"] == 0 and set(reasons) == {pseudonymize_path(p, SALT) for p in named}  # no real path written
 
     summary = run_segment(str(checkpoint), REAL_CT, tmp_path / "forced", Params(), SALT)
     row = summary["series"][0]
@@ -217,3 +219,36 @@ def test_mlflow_champion_uri(tmp_path: Path, monkeypatch):
     assert summary["n_series"] == 1 and (tmp_path / "out" / summary["series"][0]["nifti"]).exists()
     with pytest.raises(ModelUnavailable, match="does not exist"):
         load_segmenter(str(tmp_path / "missing.pt"), params)
+
+
+def test_mr_series_reach_the_model_as_ingest_wrote_them(cohort: Path, tmp_path: Path, monkeypatch):
+    """The model's MR standardization (ingest's maps, in its metadata) is applied at inference, so
+    `segment` feeds the network exactly the volume training and validation saw for that series."""
+    from medsegllm.ingest.run import run_ingest
+    from medsegllm.ingest.standardize import STANDARDIZATION_FILE
+    from medsegllm.model.checkpoint import model_meta, save_checkpoint
+
+    params = Params.model_validate({"split": {"holdout_devices": []}})
+    ingested = tmp_path / "ingested"
+    run_ingest(cohort, ingested, params.ingest, SALT, holdout_devices=[])
+    standardization = json.loads((ingested / STANDARDIZATION_FILE).read_text())
+    manifest = pq.read_table(ingested / "manifest.parquet").to_pandas()
+    mr = manifest[manifest["modality"] == "MR"]
+    assert len(mr) and standardization["standard_scale"] is not None
+    assert any(row["mr_map"] is not None for _, row in mr.iterrows())  # the maps are not the identity
+    model = _tiny_model()
+    checkpoint = save_checkpoint(tmp_path / "model.pt", model, model_meta(
+        model, list(SEG_CLASSES), {"mr_standardization": standardization}))
+    seen = {}
+    real = segment_run.predict_volume
+
+    def spy(net, volume, device_id, *args, **kwargs):
+        seen[len(seen)] = (device_id, volume.copy())
+        return real(net, volume, device_id, *args, **kwargs)
+
+    monkeypatch.setattr(segment_run, "predict_volume", spy)
+    summary = run_segment(str(checkpoint), cohort, tmp_path / "out", params, SALT)
+    inputs = {row["series_id"]: seen[i][1] for i, row in enumerate(summary["series"])}
+    for _, row in mr.iterrows():
+        expected, _ = load_nifti(ingested / row["volume_path"])
+        np.testing.assert_allclose(inputs[row["series_id"]], expected, atol=1e-5)

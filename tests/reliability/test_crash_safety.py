@@ -4,7 +4,8 @@ Each stage's CLI runs as a subprocess on a tiny synthetic cohort and is killed (
 process group) after a random delay; the rerun (the same library function the CLI wraps) must give
 what an uninterrupted run gives, and no partial artifact (an atomic write's hidden temporary file)
 may be picked up: outputs reference only complete files, and the rerun's tables equal the
-reference's. The kill delay is drawn afresh each run and printed in every failure message.
+reference's, and the rerun removes the kill's partial files (`medsegllm.common.io.remove_partials`).
+The kill delay is drawn afresh each run and printed in every failure message.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,9 +69,18 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*") if is_partial(p)) if folder.exists() else []
 
 
-def describe(kill: dict, partial: list[str]) -> str:
+def plant_stale(folder: Path, name: str) -> None:
+    """A dead writer's temporary file for `name`, named as atomic_path names it and unlocked: whether
+    or not the random kill left one, the rerun must clean one up."""
+    target = folder / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, _ = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp" + "".join(target.suffixes))
+    os.close(fd)
+
+
+def describe(kill: dict, partial: list[str], after: list[str]) -> str:
     when = f"SIGKILL at {kill['at_s']} s" if kill["killed"] else f"finished before the kill ({kill['at_s']} s)"
-    return f"{when}; {len(partial)} temporary file(s) left by the kill"
+    return f"{when}; {len(partial)} temporary file(s) left by the kill (+1 planted), {len(after)} after the rerun"
 
 
 @pytest.fixture(scope="module")
@@ -111,14 +122,17 @@ def test_kill_ingest(pipeline, reliability):
     kill = kill_at_random(["ingest", "--input", "cohort/dicom", "--out", str(out), "--params", str(pipeline["params_file"])],
                           work, anchor=out / "volumes", window=pipeline["timings"]["ingest"] * 1.5)
     partial = leftovers(out)
+    plant_stale(out, "volumes/0000000000000000.nii.gz")
     run_ingest(work / "cohort" / "dicom", out, params.ingest, pipeline["salt"])
+    after = leftovers(out)
     ref, got = pd.read_parquet(work / "ref_ingested" / "manifest.parquet"), pd.read_parquet(out / "manifest.parquet")
     ref_q, got_q = (pd.read_parquet(d / "quarantine.parquet") for d in (work / "ref_ingested", out))
     same_files = set(complete_files(out)) == set(complete_files(work / "ref_ingested"))
     reliability("kill -9 during `medsegllm ingest`, then rerun", f"{ref['n_slices'].sum()} slices in {len(ref)} series",
-                f"{describe(kill, partial)}; rerun manifest, quarantine and volumes identical to an uninterrupted run: "
+                f"{describe(kill, partial, after)}; rerun manifest, quarantine and volumes identical to an uninterrupted run: "
                 f"{same_files and ref.equals(got) and ref_q.equals(got_q)}")
     context = f"kill: {kill}, partial: {partial}"
+    assert after == [], f"the rerun left partial files ({context})"
     pd.testing.assert_frame_equal(got, ref, obj=f"manifest ({context})")
     pd.testing.assert_frame_equal(got_q, ref_q, obj=f"quarantine ({context})")
     assert same_files, context
@@ -140,12 +154,15 @@ def test_kill_reports(pipeline, reliability):
     kill = kill_at_random(["reports", "--input", "cohort/reports.jsonl", "--out", str(out), "--params", str(pipeline["params_file"])],
                           work, anchor=None, window=8.0 + pipeline["timings"]["reports"] * 1.5)
     partial = leftovers(out)
+    plant_stale(out, "findings.parquet")
     run_reports(work / "cohort" / "reports.jsonl", out, params.reports, pipeline["salt"])
+    after = leftovers(out)
     tables = [(pd.read_parquet(work / "ref_findings" / name), pd.read_parquet(out / name))
               for name in ("findings.parquet", "class_prompts.parquet")]
     identical = all(ref.equals(got) for ref, got in tables)
     reliability("kill -9 during `medsegllm reports`, then rerun", f"{len(tables[0][0])} reports",
-                f"{describe(kill, partial)}; rerun findings and class prompts identical to an uninterrupted run: {identical}")
+                f"{describe(kill, partial, after)}; rerun findings and class prompts identical to an uninterrupted run: {identical}")
+    assert after == [], f"the rerun left partial files (kill: {kill}, partial: {partial})"
     for ref, got in tables:
         pd.testing.assert_frame_equal(got, ref, obj=f"findings (kill: {kill}, partial: {partial})")
 
@@ -161,8 +178,10 @@ def test_kill_train_then_resume(pipeline, reliability):
                            "--params", str(pipeline["params_file"])],
                           work, anchor=out, window=pipeline["timings"]["train"] * 1.2)
     partial = leftovers(out)
+    plant_stale(out, "model.pt")
     epochs_done = int(torch.load(out / "checkpoint.pt", weights_only=True)["epoch"]) if (out / "checkpoint.pt").exists() else 0
     run_train(work / "ref_ingested", work / "ref_findings", None, out, params, resume=True)
+    after = leftovers(out)
     model, meta = load_model(out / "model.pt")
     _, ref_meta = load_model(work / "ref_model" / "model.pt")
     ref_state = torch.load(work / "ref_model" / "model.pt", weights_only=True)["state_dict"]
@@ -172,9 +191,10 @@ def test_kill_train_then_resume(pipeline, reliability):
     loss_cols = [c for c in ref_log.columns if c.startswith("loss")]
     reliability("kill -9 during `medsegllm train`, then `train --resume`",
                 f"{params.train.epochs} epochs x {params.train.steps_per_epoch} steps; checkpoint had {epochs_done} epoch(s)",
-                f"{describe(kill, partial)}; resumed model loads (weights-only); max |weight - uninterrupted| = {max_diff:.2e}; "
+                f"{describe(kill, partial, after)}; resumed model loads (weights-only); max |weight - uninterrupted| = {max_diff:.2e}; "
                 f"epoch log 1..{params.train.epochs} complete")
     context = f"kill: {kill}, epochs in checkpoint: {epochs_done}, partial: {partial}"
+    assert after == [], f"the rerun left partial files ({context})"
     assert sorted(state) == sorted(ref_state) and meta["device_ids"] == ref_meta["device_ids"], context
     assert log["epoch"].tolist() == list(range(1, params.train.epochs + 1)), context
     # Resuming restores model, optimizer, scheduler and RNG state: on CPU the result is bit-identical.
@@ -202,7 +222,9 @@ def test_kill_register(pipeline, reliability):
     kill = kill_at_random(["register", "--model", "ref_model/model.pt", "--validation", str(validation), "--out", str(out),
                            "--params", str(params_file)], work, anchor=None, window=20.0)
     partial = leftovers(out)
+    plant_stale(out, "registration.json")
     record = run_register(work / "ref_model" / "model.pt", validation, out, parse_params(params_file.read_text()))
+    after = leftovers(out)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     versions = client.search_model_versions(f"name='{params.registration.model_name}'")
     champion = client.get_model_version_by_alias(params.registration.model_name, "champion")
@@ -210,9 +232,10 @@ def test_kill_register(pipeline, reliability):
     saved = json.loads((out / "registration.json").read_text())
     reliability("kill -9 during `medsegllm register`, then rerun",
                 "one model, one validation folder, a fresh MLflow registry",
-                f"{describe(kill, partial)}; {len(versions)} version(s) registered; the rerun's version is "
+                f"{describe(kill, partial, after)}; {len(versions)} version(s) registered; the rerun's version is "
                 f"{record['alias']}; `champion` resolves to a READY version with the same dice_mean ({champion_metric})")
     context = f"kill: {kill}, versions: {[(v.version, v.status) for v in versions]}"
+    assert after == [], f"the rerun left partial files ({context})"
     assert saved == record, context
     assert all(v.status == "READY" for v in versions), context
     assert champion_metric == 0.5, context

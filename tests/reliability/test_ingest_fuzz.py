@@ -25,13 +25,14 @@ from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
 from medsegllm.config import IngestParams
+from medsegllm.ingest.quarantine import resolve_quarantine
 from medsegllm.ingest.run import run_ingest
 from tests.reliability.hostile import EXPECT_QUARANTINE, FAULTS, FLIPPED_VRS, VR_TAGS, build_corpus, write_flipped_vr
 
 PARAMS = IngestParams(target_spacing=(4.0, 4.0, 4.0))
 SALT = "fuzz-salt"
 PSEUDONYM = re.compile(r"^[0-9a-f]{16}$")
-OUTPUT_TOP = {"volumes", "labels", "manifest.parquet", "quarantine.parquet", "summary.json"}
+OUTPUT_TOP = {"volumes", "labels", "manifest.parquet", "quarantine.parquet", "summary.json", "mr_standardization.json"}
 PEAK_BYTES = 64 * 2**20  # traced peak for corpora of a few kilobytes; a corrupt field used to reserve GBs
 
 
@@ -60,10 +61,19 @@ def ingest_observed(input_dir: Path, out_dir: Path, cwd: Path) -> dict:
     return {
         "summary": summary,
         "manifest": pd.read_parquet(out_dir / "manifest.parquet"),
-        "quarantine": pd.read_parquet(out_dir / "quarantine.parquet"),
+        "quarantine": resolved_quarantine(input_dir, out_dir),
         "peak": peak,
         "changed_outside": sorted(set(before.items()) ^ set(after.items())),
     }
+
+
+def resolved_quarantine(input_dir: Path, out_dir: Path) -> pd.DataFrame:
+    """Quarantine rows under their real input paths: ingest writes salted path pseudonyms, and
+    `resolve_quarantine` (what `medsegllm quarantine-resolve` prints) must map every one back."""
+    rows = resolve_quarantine(input_dir, out_dir / "quarantine.parquet", SALT)
+    assert all(row["input_path"] for row in rows), "a quarantine row names no input file"
+    assert not any(row["input_path"] == row["path"] for row in rows), "a quarantine row holds a real path"
+    return pd.DataFrame([{"path": row["input_path"], "reason": row["reason"]} for row in rows], columns=["path", "reason"])
 
 
 def check_properties(input_dir: Path, out_dir: Path, seen: dict) -> None:

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, generate_uid
 
 from medsegllm.bench.timing import paired_ratio, ratio, summary, timed
 from medsegllm.config import IngestParams
@@ -26,6 +25,7 @@ from medsegllm.ingest.geometry import Volume, build_volume
 from medsegllm.ingest.harmonize import harmonize_volume
 from medsegllm.ingest.scan import scan
 from medsegllm.ingest.series import decode_series
+from medsegllm.synth.dicom import new_instance
 
 SLOW_SECONDS = 60.0  # a tool slower than this on its first run is run once, not `reps` times
 
@@ -42,14 +42,7 @@ def write_ct_series(folder: Path, n_slices: int, size: int, seed: int = 0) -> di
     order = rng.permutation(n_slices)
     for k in range(n_slices):
         pixels = np.where(body, 1064, 24).astype(np.int16) + rng.normal(0, 20, (size, size)).astype(np.int16)
-        sop = generate_uid()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
+        ds = new_instance(CTImageStorage, generate_uid())
         ds.Modality, ds.Manufacturer, ds.ManufacturerModelName = "CT", "BENCH", "SYNTHETIC"
         ds.PatientID, ds.AccessionNumber = "BENCH", "BENCH0001"
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from medsegllm.bench.reports import render_reports
+from medsegllm.bench.timing import ratio
 
 SECTIONS = ("## Machine", "## 1. Ingest", "## 2. Training step", "## 3. Inference", "## 4. Reports", "## GPU",
             "## Demo pipeline (make run)")
@@ -131,8 +132,10 @@ def _inference(r: dict) -> list[str]:
         i = dev["inference"]
         rows = [
             ("plain MONAI sliding_window_inference on the baseline's UNet (same weights)", i["monai_sliding_window"], None),
-            ("predict_volume, unet_baseline", i["predict_volume_unet_baseline"], i["baseline_vs_monai"]),
-            ("predict_volume, medsegllm", i["predict_volume_medsegllm"], i["medsegllm_vs_monai"]),
+            ("predict_volume, unet_baseline, fp32", i["predict_volume_unet_baseline_fp32"],
+             ratio(i["predict_volume_unet_baseline_fp32"]["slices_per_s"], i["monai_sliding_window"]["slices_per_s"])),
+            (f"predict_volume, unet_baseline ({i['precision_auto']}, the default)", i["predict_volume_unet_baseline"], i["baseline_vs_monai"]),
+            (f"predict_volume, medsegllm ({i['precision_auto']}, the default)", i["predict_volume_medsegllm"], i["medsegllm_vs_monai"]),
         ]
         lines += [
             f"### {dev['device']}", "",
@@ -144,7 +147,10 @@ def _inference(r: dict) -> list[str]:
             lines.append(f"| {name} | {_f(stats['slices_per_s'], 1)} | {_f(stats['median_s'], 4)} | {_runs(stats)} | "
                          f"{'baseline' if rel is None else _x(rel)} |")
         lines += ["", f"Paired (per-repetition) speed ratios vs MONAI, steadier under load: unet_baseline "
-                  f"{_x(i['paired_baseline_vs_monai'])}, medsegllm {_x(i['paired_medsegllm_vs_monai'])}.",
+                  f"{_x(i['paired_baseline_vs_monai'])} (fp32 {_x(i['paired_baseline_fp32_vs_monai'])}), medsegllm "
+                  f"{_x(i['paired_medsegllm_vs_monai'])}. The default precision is bf16 where the hardware runs it "
+                  f"natively (CUDA, AVX-512 BF16 CPUs); its argmax agrees with fp32 on "
+                  f"{_f(100 * i['argmax_agreement_auto_vs_fp32'], 2)} % of voxels here.",
                   *_goals(i["goals"]), ""]
     return lines
 
@@ -155,8 +161,27 @@ def _reports(r: dict) -> list[str]:
 
 def _gpu(r: dict) -> list[str]:
     gpu = r["machine"]["gpu"]
-    text = f"Measured on {gpu}: see the cuda subsections above." if gpu else "no GPU on this machine: CPU figures only."
-    return ["## GPU", "", text]
+    lines = ["## GPU", "", f"This run: measured on {gpu}, see the cuda subsections above." if gpu
+             else "This run: no GPU on this machine, CPU figures only."]
+    g = r.get("gpu_run")
+    if g is None:
+        return lines + ["", "No GPU run recorded (`benchmarks/gpu.json`): `bash benchmarks/gpu.sh` on an H100/H200 writes "
+                            "it (the ~27 M-parameter `configs/gpu.yaml`); its code path is tested on CPU only."]
+    t, i = g["train"], g["inference"]
+    lines += [
+        "", f"Recorded GPU run (`benchmarks/gpu.json`, `{g['params_file']}`, {t['parameters']:,} parameters) on "
+        f"{g['machine']['gpu'] or g['device']}, torch {g['machine']['torch']}:", "",
+        "| figure | value |", "|---|---|",
+        f"| measured {g['matmul_peak']['dtype']} matrix peak ({g['matmul_peak']['n']}^3) | {_f(g['matmul_peak']['tflops'], 1)} TFLOP/s |",
+        f"| training step FLOPs (torch flop counter, forward + backward) | {t['flops_per_step'] / 1e12:.3f} TFLOP |",
+        f"| training, batches already on the GPU | {_f(t['compute']['samples_per_s'], 1)} samples/s, "
+        f"{_f(t['compute']['tflops'], 1)} TFLOP/s = {_f(100 * t['utilization_compute'], 1)} % of peak |",
+        f"| training, engine incl. batch sampling | {_f(t['engine']['samples_per_s'], 1)} samples/s, "
+        f"{_f(t['engine']['tflops'], 1)} TFLOP/s = {_f(100 * t['utilization_engine'], 1)} % of peak |",
+        f"| inference {'x'.join(map(str, i['volume_shape']))} volume | {_f(i['median_s'], 2)} s, "
+        f"{_f(i['slices_per_s'], 1)} slices/s |",
+    ]
+    return lines + _goals(g["goals"])
 
 
 def _demo(r: dict) -> list[str]:

@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="skip retraining the demo without DAN+PDM and as a plain U-Net (about 2-3 min)")
     parser.add_argument("--out-md", type=Path, default=Path("BENCHMARKS.md"))
     parser.add_argument("--out-json", type=Path, default=Path("benchmarks/results.json"))
+    parser.add_argument("--gpu-json", type=Path, default=Path("benchmarks/gpu.json"),
+                        help="a GPU run of benchmarks/gpu.sh to report beside this run's figures, if present")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a fresh temp folder)")
     return parser.parse_args(argv)
 
@@ -94,6 +96,8 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
         demo["goals"] = [demo["goals"][1], *ablation_goals(demo)]
     print(f"[bench] reports: extraction vs truth, describe with {args.reports_backends}", file=sys.stderr)
     results["reports"] = bench_reports(args.data_dir / "cohort", args.reports_backends, load_params().reports)
+    gpu_json = Path(args.gpu_json)
+    results["gpu_run"] = json.loads(gpu_json.read_text()) if gpu_json.exists() else None
     results["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     results["total_seconds"] = time.perf_counter() - started
     return results

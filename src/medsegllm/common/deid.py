@@ -41,6 +41,15 @@ def _create_salt_file(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def quiet_dicom_values() -> None:
+    """Stop pydicom's warnings about malformed values, which quote the value (a name in a UI, an ISO
+    birth date in a DA) into stderr and logs. Every module that reads hospital DICOM calls it; the
+    values are still read, and checked where they are used."""
+    from pydicom import config
+
+    config.settings.reading_validation_mode = config.IGNORE
+
+
 def pseudonym(value: str, salt: str, prefix: str = "") -> str:
     """HMAC-SHA256 of the identifier: stable for one salt, not reversible without it."""
     digest = hmac.new(salt.encode(), str(value).strip().encode(), hashlib.sha256).hexdigest()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -13,19 +15,69 @@ from typing import Any, Iterator
 import numpy as np
 
 
+# `.<name>.<mkstemp's 8 random characters>.tmp<name's suffixes>`: the only names atomic_path creates.
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(?P<suffixes>(?:\.[^.]+)*)$")
+
+
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+def atomic_path(path: str | Path, exclusive: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+    With `exclusive`, a `path` that exists by then wins (hard link, not rename): for files that
+    others start using as soon as they appear, such as a database.
+
+    The temporary file stays locked (flock) until the rename, so `remove_partials` can tell a live
+    writer's file from one a killed writer left: the kernel drops the lock when a process dies.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes))
-    os.close(fd)
     tmp_path = Path(tmp)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield tmp_path
-        os.replace(tmp_path, path)
+        if not exclusive:
+            os.replace(tmp_path, path)
+        else:
+            try:
+                os.link(tmp_path, path)
+            except FileExistsError:
+                pass
     finally:
+        os.close(fd)
         tmp_path.unlink(missing_ok=True)
+
+
+def is_partial(path: str | Path) -> bool:
+    """Whether `path` is named like an atomic write's temporary file (and nothing else)."""
+    match = _PARTIAL.match(Path(path).name)
+    return bool(match) and "".join(Path(match["name"]).suffixes) == match["suffixes"]
+
+
+def remove_partials(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Delete, under `folder`, the temporary files of atomic writes whose writer died (kill -9, OOM):
+    only files named as `atomic_path` names them, and only when no live process holds their lock.
+    Stages call it when they start, so a killed run leaves no debris after the rerun."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for path in sorted((folder.rglob if recursive else folder.glob)(".*.tmp*")):
+        if path.is_symlink() or not path.is_file() or not is_partial(path):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:  # renamed or cleaned up by its writer meanwhile
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a live writer holds it
+            continue
+        else:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def write_with(path: str | Path, writer: Callable[[Path], Any]) -> Path:

@@ -28,12 +28,14 @@ MANIFEST = pa.schema(
         ("input_hash", pa.string()),  # sha256 over the series' files: incremental reruns
         ("raw_histogram", pa.list_(pa.float32())),  # before harmonization, fixed per-modality bins
         ("histogram", pa.list_(pa.float32())),  # after harmonization, bins over [0, 1]
+        ("mr_landmarks", pa.list_(pa.float64())),  # MR: foreground percentiles before standardization; null for CT
+        ("mr_map", pa.list_(pa.list_(pa.float64(), 2))),  # MR: [x, y] knots of the standardization applied; null: none
     ]
 )
 
 QUARANTINE = pa.schema(
     [
-        ("path", pa.string()),  # relative to the input root; never a patient identifier
+        ("path", pa.string()),  # salted per-component pseudonym of the input path (ingest.quarantine); relative path if pseudonymize_paths is false
         ("reason", pa.string()),
     ]
 )

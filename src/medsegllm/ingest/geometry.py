@@ -90,7 +90,7 @@ def pixels(ds: pydicom.Dataset) -> np.ndarray:
         raise SeriesError("not a grayscale image")
     data = ds.pixel_array
     if data.ndim != 2:
-        raise SeriesError("multi-frame not supported")
+        raise SeriesError("pixel data is not one 2-D plane")
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
     return (data.astype(np.float32) * np.float32(slope) + np.float32(intercept)).T

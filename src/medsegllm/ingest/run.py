@@ -16,21 +16,25 @@ import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from medsegllm.common.deid import salt_fingerprint
-from medsegllm.common.io import write_json, write_parquet
-from medsegllm.common.schemas import MANIFEST, QUARANTINE
+from medsegllm.common.io import remove_partials, write_json, write_parquet
+from medsegllm.common.schemas import MANIFEST
 from medsegllm.config import IngestParams
 from medsegllm.ingest.identity import device_id, pseudonyms
+from medsegllm.ingest.quarantine import quarantine_table
 from medsegllm.ingest.scan import ImageHeader, ScanResult, SegHeader, scan
 from medsegllm.ingest.series import SeriesJob, SeriesOutcome, process_series
+from medsegllm.ingest.standardize import STANDARDIZATION_FILE, standardize
 
 log = logging.getLogger(__name__)
-HARMONIZE_KEYS = ("target_spacing", "ct_window", "mr_percentiles", "histogram_bins")
+HARMONIZE_KEYS = {"target_spacing": True, "ct_window": True, "mr_percentiles": True, "histogram_bins": True,
+                  "mr_standardization": {"landmarks"}}  # `enabled` is not here: the map is a pass over the outputs
 
 
 def file_digest(path: Path) -> str:
@@ -45,7 +49,7 @@ def input_hash(files: list[Path], params: IngestParams) -> str:
     """sha256 over the sorted content digests of the series' images and SEGs, plus the
     harmonization params (a changed spacing or window must not reuse old volumes); renames and
     moves do not change it."""
-    digest = hashlib.sha256(json.dumps(params.model_dump(include=set(HARMONIZE_KEYS)), sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps(params.model_dump(include=HARMONIZE_KEYS), sort_keys=True).encode())
     for item in sorted(file_digest(p) for p in files):
         digest.update(item.encode())
     return digest.hexdigest()
@@ -129,10 +133,16 @@ def _run_jobs(jobs: list[SeriesJob], workers: int) -> list[tuple[SeriesJob, Seri
     return results
 
 
-def run_ingest(input_dir: Path, out_dir: Path, params: IngestParams, salt: str, workers: int = 1) -> dict:
-    """Scan, group, assemble, harmonize and de-identify; write volumes/, labels/ and the tables."""
+def run_ingest(input_dir: Path, out_dir: Path, params: IngestParams, salt: str, workers: int = 1,
+               holdout_devices: Sequence[str] = (), standardize_mr: bool = True) -> dict:
+    """Scan, group, assemble, harmonize and de-identify; write volumes/, labels/ and the tables.
+
+    MR standardization learns its standard scale on devices outside `holdout_devices`;
+    `standardize_mr=False` leaves that pass to `merge_shards` (a shard sees only some devices).
+    """
     start = time.perf_counter()
     input_dir, out_dir = Path(input_dir), Path(out_dir)
+    remove_partials(out_dir)
     scanned = scan(input_dir)
     series: dict[str, list[ImageHeader]] = defaultdict(list)
     for header in scanned.images:
@@ -157,9 +167,12 @@ def run_ingest(input_dir: Path, out_dir: Path, params: IngestParams, salt: str, 
             rows.append(outcome.row)
             n_images += len(job.files)
     rows.sort(key=lambda r: r["series_id"])
-    quarantine_rows = sorted(({"path": p.relative_to(input_dir).as_posix(), "reason": r} for p, r in quarantine), key=lambda r: r["path"])
+    if standardize_mr:
+        model = standardize(rows, out_dir, params.mr_standardization, holdout_devices, params.histogram_bins)
+        write_json(out_dir / STANDARDIZATION_FILE, model)
+    quarantine_rows = quarantine_table(quarantine, input_dir, salt, params.pseudonymize_paths)
     write_parquet(out_dir / "manifest.parquet", pa.Table.from_pylist(rows, schema=MANIFEST))
-    write_parquet(out_dir / "quarantine.parquet", pa.Table.from_pylist(quarantine_rows, schema=QUARANTINE))
+    write_parquet(out_dir / "quarantine.parquet", quarantine_rows)
     summary = {
         "n_files": scanned.n_files,
         "n_series": len(rows),
@@ -167,12 +180,12 @@ def run_ingest(input_dir: Path, out_dir: Path, params: IngestParams, salt: str, 
         "n_image_files": n_images,
         "n_label_files": n_labels,
         "n_report_files": len(scanned.reports),
-        "n_quarantined_files": len(quarantine_rows),
+        "n_quarantined_files": quarantine_rows.num_rows,
         "salt_fingerprint": salt_fingerprint(salt),
         "seconds": round(time.perf_counter() - start, 3),
     }
     accounted = n_images + n_labels + summary["n_report_files"] + summary["n_quarantined_files"]
     assert accounted == scanned.n_files, f"ingest accounting: {accounted} classified != {scanned.n_files} files"
     write_json(out_dir / "summary.json", summary)
-    log.info("ingest: %d series (%d reused), %d files quarantined", len(rows), n_reused, len(quarantine_rows))
+    log.info("ingest: %d series (%d reused), %d files quarantined", len(rows), n_reused, quarantine_rows.num_rows)
     return summary

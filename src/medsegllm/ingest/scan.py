@@ -13,20 +13,16 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-# Single-frame image storage classes the geometry code understands.
+# Image storage classes the geometry code understands: classic single-frame files, and enhanced
+# multi-frame objects whose frames carry their geometry in functional groups (ingest/frames.py).
 IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
     "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
-}
-# Enhanced (multi-frame) CT/MR storage: recognised so they get an explicit reason.
-ENHANCED_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT
     "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT
     "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR
-    "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color
     "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR
 }
-MULTIFRAME_REASON = "multi-frame not supported (enhanced or multi-frame CT/MR object)"
 
 
 @dataclass
@@ -130,8 +126,6 @@ def classify(path: Path, ds: pydicom.Dataset, result: ScanResult, root: Path) ->
         result.reports.append(path)
     elif modality not in ("CT", "MR"):
         result.quarantine.append((path, f"not a CT/MR image: {modality or 'no modality'}"))
-    elif sop_class in ENHANCED_SOP_CLASSES or int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        result.quarantine.append((path, MULTIFRAME_REASON))
     elif sop_class and sop_class not in IMAGE_SOP_CLASSES:
         result.quarantine.append((path, f"not a CT/MR image: {modality} object of an unsupported storage class"))
     elif "Rows" not in ds or "Columns" not in ds:

@@ -14,10 +14,12 @@ import pydicom
 
 from medsegllm.common.io import save_nifti
 from medsegllm.config import IngestParams
+from medsegllm.ingest.frames import frame_pixels, frame_views, is_multiframe
 from medsegllm.ingest.geometry import SeriesError, Volume, build_volume, pixels, slice_normal
 from medsegllm.ingest.harmonize import harmonize_label, harmonize_volume, histogram, raw_histogram
 from medsegllm.ingest.scan import dcmread_capped
 from medsegllm.ingest.seg import SegError, SliceIndex, seg_label_map
+from medsegllm.ingest.standardize import landmarks
 
 
 @dataclass
@@ -42,12 +44,18 @@ class SeriesOutcome:
 
 
 def decode_series(files: list[Path]) -> tuple[list[pydicom.Dataset], list[np.ndarray], list[tuple[Path, str]]]:
+    """One (dataset, slice) pair per slice: a classic file is one slice, an enhanced file one per frame."""
     datasets, slices, bad = [], [], []
     for path in files:
         try:
             ds = dcmread_capped(path, force=True)
-            slices.append(pixels(ds))
-            datasets.append(ds)
+            if is_multiframe(ds):  # an enhanced object: its frames are the series' slices
+                views = frame_views(ds)
+                slices += frame_pixels(ds, views)
+                datasets += views
+            else:
+                slices.append(pixels(ds))
+                datasets.append(ds)
         except SeriesError as exc:
             bad.append((path, str(exc)))
         except Exception as exc:  # a truncated or undecodable file is quarantined, not raised
@@ -111,6 +119,8 @@ def process_series(job: SeriesJob) -> SeriesOutcome:
         "input_hash": job.input_hash,
         "raw_histogram": raw_histogram(volume.array, job.modality, params.histogram_bins).tolist(),
         "histogram": histogram(harmonized, (0.0, 1.0), params.histogram_bins).tolist(),
+        "mr_landmarks": landmarks(harmonized, params.mr_standardization.landmarks) if job.modality == "MR" else None,
+        "mr_map": None,  # set by the standardization pass over all series (ingest/standardize.py)
     }
     return outcome
 

@@ -17,15 +17,17 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medsegllm.common.io import write_json, write_parquet
+from medsegllm.common.io import remove_partials, write_json, write_parquet
 from medsegllm.common.schemas import MANIFEST, QUARANTINE
-from medsegllm.config import IngestParams
+from medsegllm.config import IngestParams, MRStandardizationParams
 from medsegllm.ingest.run import _targets, run_ingest
 from medsegllm.ingest.scan import scan
+from medsegllm.ingest.standardize import STANDARDIZATION_FILE, standardize
 
 PLAN_FILE = "plan.json"
 SUMMED = ("n_files", "n_series", "n_reused_series", "n_image_files", "n_label_files", "n_report_files",
@@ -104,8 +106,12 @@ def _read_plan(plan_path: Path) -> dict:
 
 
 def run_ingest_shard(input_dir: Path, plan_path: Path, shard: int, out_dir: Path, params: IngestParams,
-                     salt: str, workers: int = 1) -> dict:
-    """Ingest one shard: its files, symlinked under their original relative paths, through `run_ingest`."""
+                     salt: str, workers: int = 1, holdout_devices: Sequence[str] = ()) -> dict:
+    """Ingest one shard: its files, symlinked under their original relative paths, through `run_ingest`.
+
+    MR standardization needs every series of a device, so the shard records its settings in
+    shard.json and `merge_shards` runs that pass.
+    """
     plan = _read_plan(plan_path)
     if not 0 <= shard < plan["n_shards"]:
         raise ValueError(f"shard {shard} is outside the plan's 0..{plan['n_shards'] - 1}")
@@ -115,10 +121,13 @@ def run_ingest_shard(input_dir: Path, plan_path: Path, shard: int, out_dir: Path
             link = Path(tmp) / rel
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(input_dir / rel)
-        summary = run_ingest(Path(tmp), out_dir, params, salt, workers=workers)
+        summary = run_ingest(Path(tmp), out_dir, params, salt, workers=workers, standardize_mr=False)
     if summary["n_files"] != len(plan["shards"][shard]):
         raise ShardMergeError(f"shard {shard}: ingest saw {summary['n_files']} files, the plan has {len(plan['shards'][shard])}")
-    write_json(Path(out_dir) / "shard.json", {"shard": shard, "n_shards": plan["n_shards"], "n_files": summary["n_files"]})
+    standardization = {"params": params.mr_standardization.model_dump(), "holdout_devices": sorted(holdout_devices),
+                       "histogram_bins": params.histogram_bins}
+    write_json(Path(out_dir) / "shard.json", {"shard": shard, "n_shards": plan["n_shards"], "n_files": summary["n_files"],
+                                              "mr_standardization": standardization})
     return summary
 
 
@@ -136,6 +145,7 @@ def merge_shards(shard_dirs: list[Path], out_dir: Path, plan_path: Path | None =
     """Merge shard outputs into one ingest output folder; raise ShardMergeError unless they add up exactly."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
+    remove_partials(out_dir)
     shard_dirs = [Path(d) for d in shard_dirs]
     summaries = [json.loads((d / "summary.json").read_text()) for d in shard_dirs]
     if len({s["salt_fingerprint"] for s in summaries}) > 1:
@@ -159,6 +169,13 @@ def merge_shards(shard_dirs: list[Path], out_dir: Path, plan_path: Path | None =
         if len(keys) != len(set(keys)):
             raise ShardMergeError(f"a {what} appears in more than one shard")
     rows.sort(key=lambda r: r["series_id"])
+    settings = {json.dumps(json.loads((d / "shard.json").read_text())["mr_standardization"], sort_keys=True) for d in shard_dirs}
+    if len(settings) > 1:
+        raise ShardMergeError("shards were ingested with different MR standardization settings")
+    setting = json.loads(settings.pop())
+    model = standardize(rows, out_dir, MRStandardizationParams(**setting["params"]), setting["holdout_devices"],
+                        setting["histogram_bins"])  # rewrites (never modifies the shards' hard-linked) MR volumes
+    write_json(out_dir / STANDARDIZATION_FILE, model)
     quarantine.sort(key=lambda r: r["path"])
     write_parquet(out_dir / "manifest.parquet", pa.Table.from_pylist(rows, schema=MANIFEST))
     write_parquet(out_dir / "quarantine.parquet", pa.Table.from_pylist(quarantine, schema=QUARANTINE))

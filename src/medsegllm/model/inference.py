@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,20 +20,38 @@ def _device_tensor(model: nn.Module, device_id: str, n: int, device: torch.devic
     return torch.full((n,), model.device_index(device_id), dtype=torch.long, device=device)
 
 
-def predict_volume(model: nn.Module, volume: np.ndarray, device_id: str, batch_size: int = 32) -> np.ndarray:
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 runs natively: CUDA tensor cores, or a CPU with AVX-512 BF16 (oneDNN); else it is emulated and slow."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """'auto' is bf16 where the hardware runs it natively (BENCHMARKS.md: same Dice, faster), else fp32."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, not {precision!r}")
+    if precision == "bf16" or (precision == "auto" and bf16_supported(device)):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def predict_volume(model: nn.Module, volume: np.ndarray, device_id: str, batch_size: int = 32,
+                   precision: str = "auto") -> np.ndarray:
     """Softmax probabilities (C,X,Y,Z) from sliding-window inference over axial slices.
 
     A device not seen in training is routed through DAN's shared path; the baseline ignores it.
+    Windows are blended in fp32 whatever the compute precision.
     """
     model.eval()
     device = next(model.parameters()).device
     slices = _slices(volume, device)
 
     def predictor(window: torch.Tensor) -> torch.Tensor:
-        return model(window, _device_tensor(model, device_id, window.shape[0], device))
+        return model(window, _device_tensor(model, device_id, window.shape[0], device)).float()
 
     outputs = []
-    with torch.no_grad():
+    with torch.inference_mode(), autocast_for(device, precision):
         for start in range(0, slices.shape[0], batch_size):
             logits = sliding_window_inference(
                 slices[start : start + batch_size], roi_size=model.roi_size, sw_batch_size=batch_size,

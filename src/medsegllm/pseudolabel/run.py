@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -13,14 +12,14 @@ import pyarrow as pa
 import torch
 
 from medsegllm.common.deid import check_same_salt, resolve_salt
-from medsegllm.common.io import load_nifti, save_nifti, write_json, write_parquet
+from medsegllm.common.io import load_nifti, remove_partials, save_nifti, write_json, write_parquet
 from medsegllm.common.schemas import PSEUDOLABELS
 from medsegllm.config import Params
 from medsegllm.knowledge import LESION_CLASS, SEG_CLASSES
 from medsegllm.model.checkpoint import model_meta, save_checkpoint
 from medsegllm.model.inference import predict_volume
 from medsegllm.model.network import build_model
-from medsegllm.pseudolabel.prior import fuse, knowledge_prior, pseudo_label, restrict_lesions_to_report
+from medsegllm.pseudolabel.fusion import lesion_dice, organ_dice, pseudo_label_series, report_lesions
 from medsegllm.train.data import build_samples, load_findings, load_prompts, train_split
 from medsegllm.train.engine import train_model
 
@@ -38,35 +37,6 @@ def teacher_params(params: Params) -> Params:
     return Params.model_validate(raw)
 
 
-def _class_dice(pred: np.ndarray, truth: np.ndarray, c: int) -> float | None:
-    """Dice of class `c`; None when neither mask has it."""
-    p, t = pred == c, truth == c
-    total = p.sum() + t.sum()
-    return None if total == 0 else float(2.0 * (p & t).sum() / total)
-
-
-def lesion_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Lesion-class Dice; 1.0 when both are empty (a correctly lesion-free study)."""
-    score = _class_dice(pred, truth, LESION_CLASS)
-    return 1.0 if score is None else score
-
-
-def organ_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Mean Dice over the organ classes present in either mask (lesion voxels are their own class)."""
-    organs = [c for c, name in enumerate(SEG_CLASSES) if name not in ("background", "lesion")]
-    scores = [score for c in organs if (score := _class_dice(pred, truth, c)) is not None]
-    return float(np.mean(scores)) if scores else 1.0
-
-
-def _report(findings: pd.DataFrame, accession_id: str) -> tuple[list[dict], bool]:
-    """(lesions, tumour_present) of the study's report; no report means no lesion prior."""
-    if accession_id not in findings.index:
-        return [], False
-    row = findings.loc[accession_id]
-    lesions = json.loads(row["lesions_json"]) if isinstance(row["lesions_json"], str) else []
-    return lesions, bool(row["tumour_present"])
-
-
 def run_pseudolabel(
     ingest_dir: Path, findings_dir: Path, out_dir: Path, params: Params, truth_dir: Path | None = None, salt: str | None = None
 ) -> dict:
@@ -76,6 +46,7 @@ def run_pseudolabel(
     """
     t0 = time.perf_counter()
     ingest_dir, out_dir = Path(ingest_dir), Path(out_dir)
+    remove_partials(out_dir)
     check_same_salt(findings_dir, other_dir=ingest_dir)
     if truth_dir is not None:
         salt = salt or resolve_salt(params.ingest)  # truth is keyed by raw UIDs: map them like ingest did
@@ -101,12 +72,8 @@ def run_pseudolabel(
         volume, affine = load_nifti(ingest_dir / row.volume_path)
         image = np.asarray(volume, dtype=np.float32)
         probs = predict_volume(teacher, image, row.device_id)
-        lesions, tumour = _report(findings, row.accession_id)
-        prior = knowledge_prior(probs, lesions, tumour, affine, image=image if params.pseudolabel.locate_by_image else None)
-        fused = fuse(probs, prior, alpha)
-        if params.pseudolabel.lesions_from_report:
-            fused = restrict_lesions_to_report(fused, prior)
-        mask, confidence, weight = pseudo_label(fused, threshold, params.pseudolabel.lesion_threshold)
+        lesions, tumour = report_lesions(findings, row.accession_id)
+        mask, confidence, weight = pseudo_label_series(probs, image, affine, lesions, tumour, params.pseudolabel)
         mask_rel, conf_rel = f"masks/{row.series_id}.nii.gz", f"confidence/{row.series_id}.nii.gz"
         save_nifti(out_dir / mask_rel, mask, affine)
         save_nifti(out_dir / conf_rel, weight, affine)

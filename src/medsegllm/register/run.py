@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from medsegllm import __version__, knowledge
-from medsegllm.common.io import write_json
+from medsegllm.common.io import atomic_path, remove_partials, write_json
 from medsegllm.config import Params
 from medsegllm.register.export import ExportedSegmenter
 
@@ -50,6 +50,24 @@ def artifact_location(tracking_uri: str) -> str | None:
     if tracking_uri.startswith("sqlite:///"):
         return (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
     return None
+
+
+def ensure_sqlite_store(tracking_uri: str) -> None:
+    """Create a missing sqlite tracking store whole or not at all. MLflow builds its schema in many
+    steps, and a store killed between them can never be opened again ("table already exists"), so a
+    new store is built under a temporary name and linked into place unless another run's won."""
+    from mlflow import MlflowClient
+
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return
+    store = Path(tracking_uri[len(prefix) :])
+    for stale in remove_partials(store.parent, recursive=False):  # an earlier, killed creation
+        Path(f"{stale}-journal").unlink(missing_ok=True)
+    if store.exists():
+        return
+    with atomic_path(store, exclusive=True) as tmp:
+        MlflowClient(tracking_uri=f"{prefix}{tmp}").search_experiments()
 
 
 def flatten(prefix: str, value: Any) -> dict[str, str]:
@@ -126,6 +144,7 @@ def run_register(model_path: Path, validation_dir: Path, out_dir: Path, params: 
     from medsegllm.model.checkpoint import load_model
 
     validation_dir, out_dir = Path(validation_dir), Path(out_dir)
+    remove_partials(out_dir)
     gate, metrics = _read_validation(validation_dir)
     cfg = params.registration
     metric_name = cfg.primary_metric
@@ -135,6 +154,7 @@ def run_register(model_path: Path, validation_dir: Path, out_dir: Path, params: 
     data_hash = gate.get("validation_data_hash", "")
 
     uri = resolve_tracking_uri(cfg.tracking_uri, base_dir)
+    ensure_sqlite_store(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment_id = _experiment_id(client, cfg.experiment, artifact_location(uri))
 

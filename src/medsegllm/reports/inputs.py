@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from medsegllm.common.deid import pseudonym
+from medsegllm.common.deid import pseudonym, quiet_dicom_values
 from medsegllm.reports.scrub import scrub_phi
 
 TABLE_SUFFIXES = (".jsonl", ".csv")
@@ -113,6 +113,7 @@ def read_sr(path: Path) -> tuple[str, str] | None:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    quiet_dicom_values()
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
         if header.get("Modality") != "SR":

@@ -28,6 +28,7 @@ def run_reports(input_path: Path, out_dir: Path, params: ReportsParams, salt: st
     """Scrub, extract, describe and embed every report; write the stage's tables and summary."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    io.remove_partials(out_dir)
     backend = get_backend(params)
     reports = load_reports(Path(input_path), salt)
     findings = [extract_findings(report.text).as_dict() for report in reports]

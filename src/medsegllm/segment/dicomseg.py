@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from pathlib import Path
@@ -62,9 +63,48 @@ def write_seg(path: Path, label: np.ndarray, source: list[pydicom.Dataset], seri
     logging.getLogger("highdicom").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module=r"highdicom\.")
-        seg = _segmentation(source, numbered, descriptions, series_number)
+        seg = _segmentation([filing_copy(source[0]), *source[1:]], numbered, descriptions, series_number)
+    for item in seg.get("ContributingEquipmentSequence", []):
+        for element in list(item):
+            if element.keyword not in KEEP_IN_EQUIPMENT:
+                del item[element.tag]
     write_with(path, lambda p: seg.save_as(p, enforce_file_format=True))
     return {"segments": [SEG_CLASSES[v] for v in classes], "n_frames": int(seg.NumberOfFrames)}
+
+
+# Of the patient and study attributes highdicom copies from the source, the SEG keeps the keys a
+# PACS files it by; the Type 2 ones it must carry but need not fill are blanked, the rest dropped,
+# and Contributing Equipment keeps no institution, address, station or serial number.
+KEEP_FROM_SOURCE = frozenset({"PatientName", "PatientID", "PatientSex", "StudyInstanceUID", "StudyDate", "StudyTime",
+                              "StudyID", "AccessionNumber"})
+BLANK_FROM_SOURCE = frozenset({"PatientBirthDate", "ReferringPhysicianName"})
+KEEP_IN_EQUIPMENT = frozenset({"Manufacturer", "ManufacturerModelName", "SoftwareVersions", "ContributionDateTime",
+                               "ContributionDescription", "PurposeOfReferenceCodeSequence"})
+
+
+def _patient_study_keywords(sop_class_uid: str) -> set[str]:
+    """Root attributes of the Patient and Study entities of the source's IOD: what highdicom copies.
+
+    highdicom exposes its DICOM-standard tables only in a private module (the version is pinned)."""
+    from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
+
+    modules = get_iod_module_map()[get_sop_class_iod_map()[sop_class_uid]]
+    return {str(item["keyword"]) for module in modules if module["ie"] in ("Patient", "Study")
+            for item in get_module_attribute_map()[module["key"]] if not item["path"]}
+
+
+def filing_copy(first: pydicom.Dataset) -> pydicom.Dataset:
+    """The source slice highdicom copies patient and study from, reduced to the filing keys: free text
+    (study description, comments, history), physicians and any other copied attribute are dropped,
+    the birth date blanked (a malformed one would also stop highdicom). The patient's name and ID
+    stay: the SEG is for the hospital's PACS, which files it with the images by them."""
+    reduced = copy.deepcopy(first)  # one slice; pydicom's shallow copies share the elements
+    for keyword in _patient_study_keywords(str(first.SOPClassUID)) - KEEP_FROM_SOURCE:
+        if keyword in BLANK_FROM_SOURCE:
+            setattr(reduced, keyword, "")
+        elif keyword in reduced:
+            del reduced[keyword]
+    return reduced
 
 
 def _segmentation(source: list[pydicom.Dataset], numbered: np.ndarray, descriptions: list, series_number: int):

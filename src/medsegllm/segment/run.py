@@ -15,20 +15,20 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 from scipy.ndimage import affine_transform
 from torch import nn
 
 from medsegllm.common.deid import pseudonym
-from medsegllm.common.io import save_nifti, write_json, write_parquet
-from medsegllm.common.schemas import QUARANTINE
+from medsegllm.common.io import remove_partials, save_nifti, write_json, write_parquet
 from medsegllm.config import Params
 from medsegllm.ingest.geometry import SeriesError, build_volume
 from medsegllm.ingest.harmonize import harmonize_volume
+from medsegllm.ingest.quarantine import quarantine_table
 from medsegllm.ingest.identity import device_id
 from medsegllm.ingest.scan import ImageHeader, scan
 from medsegllm.ingest.series import decode_series
+from medsegllm.ingest.standardize import apply_map, series_map
 from medsegllm.knowledge import SEG_CLASSES
 from medsegllm.model.inference import predict_volume
 from medsegllm.segment.dicomseg import present_classes, write_seg
@@ -52,7 +52,8 @@ def to_source_grid(label: np.ndarray, label_affine: np.ndarray, source_shape: tu
     return resampled.astype(np.uint8)
 
 
-def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str, out_dir: Path, params: Params) -> tuple[dict, list[tuple[Path, str]]]:
+def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str, out_dir: Path, params: Params,
+                   mr_standardization: dict | None = None) -> tuple[dict, list[tuple[Path, str]]]:
     """Read, harmonize, predict and write one series; (summary row, quarantine rows).
 
     A series that ingest would reject is quarantined whole, with ingest's reasons.
@@ -70,6 +71,8 @@ def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str,
         return {}, [(p, str(exc)) for p in files]
     harmonized, affine = harmonize_volume(volume.array, volume.affine, first.modality, params.ingest)
     device = device_id(first.manufacturer, first.model_name)
+    if first.modality == "MR":  # the training data's MR standardization (the model's metadata)
+        harmonized = apply_map(harmonized, series_map(mr_standardization, device, harmonized))
     predict_start = time.perf_counter()
     probs = predict_volume(model, harmonized, device)
     predict_seconds = time.perf_counter() - predict_start
@@ -109,6 +112,7 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
     start = time.perf_counter()
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_partials(out_dir)
     network, meta = load_segmenter(model, params, base_dir)
     if tuple(meta.get("classes") or SEG_CLASSES) != SEG_CLASSES:
         raise ModelUnavailable(f"{model} segments {meta['classes']}, not the knowledge base's classes {SEG_CLASSES}")
@@ -124,7 +128,7 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
         headers = sorted(series[uid], key=lambda h: str(h.path))
         series_id = pseudonym(uid, salt)
         try:
-            row, rejected = segment_series(network, headers, series_id, out_dir, params)
+            row, rejected = segment_series(network, headers, series_id, out_dir, params, meta.get("mr_standardization"))
         except Exception as exc:  # a failure is a property of this series; the batch goes on
             # the type only: a message or traceback may quote header values (run with -v for it)
             log.error("segment: series %s failed (%s)", series_id, type(exc).__name__)
@@ -134,8 +138,8 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
         quarantine += rejected
         if row:
             rows.append(row)
-    quarantine_rows = sorted(({"path": p.relative_to(input_dir).as_posix(), "reason": r} for p, r in quarantine), key=lambda r: r["path"])
-    write_parquet(out_dir / "quarantine.parquet", pa.Table.from_pylist(quarantine_rows, schema=QUARANTINE))
+    quarantine_rows = quarantine_table(quarantine, input_dir, salt, params.ingest.pseudonymize_paths)
+    write_parquet(out_dir / "quarantine.parquet", quarantine_rows)
     total = time.perf_counter() - start
     n_slices = sum(r["n_slices"] for r in rows)
     summary = {
@@ -147,7 +151,7 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
         "n_no_foreground": sum(r["status"] == NO_FOREGROUND for r in rows),
         "n_failed_series": n_failed,
         "n_skipped_files": len(scanned.segs) + len(scanned.reports),
-        "n_quarantined_files": len(quarantine_rows),
+        "n_quarantined_files": quarantine_rows.num_rows,
         "n_slices": n_slices,
         "model_load_seconds": round(load_seconds, 3),
         "seconds": round(total, 3),
@@ -158,5 +162,5 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
     }
     write_json(out_dir / "segment_summary.json", summary)
     log.info("segment: %d series (%d SEG, %d without foreground), %d files quarantined, %.1f s",
-             len(rows), summary["n_seg"], summary["n_no_foreground"], len(quarantine_rows), total)
+             len(rows), summary["n_seg"], summary["n_no_foreground"], quarantine_rows.num_rows, total)
     return summary

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsegllm.common.io import save_nifti, write_json, write_text
+from medsegllm.common.io import remove_partials, save_nifti, write_json, write_text
 from medsegllm.config import SynthParams
 from medsegllm.knowledge import SUBTYPE_KEYS
 from medsegllm.synth.dicom import StudyMeta, uid, write_seg, write_series
@@ -213,6 +213,7 @@ def _jsonl(rows: list[dict]) -> str:
 def generate_cohort(out_dir: Path, params: SynthParams, seed: int) -> dict:
     """Write the demo cohort under out_dir (replacing an earlier one) and return its summary."""
     out_dir = Path(out_dir)
+    remove_partials(out_dir)
     for owned in ("dicom", "truth"):
         shutil.rmtree(out_dir / owned, ignore_errors=True)
     plans = plan_cohort(params, seed)

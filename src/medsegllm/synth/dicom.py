@@ -57,19 +57,23 @@ def instance_numbers(n: int, order: str, rng: np.random.Generator) -> list[int]:
     return [int(v) + 1 for v in rng.permutation(n)]
 
 
-def _slice_dataset(meta: StudyMeta, scanner: ScannerProfile, grid: Grid, pixels: np.ndarray,
-                   k: int, instance: int, sop_uid: str) -> Dataset:
-    sop_class = CTImageStorage if scanner.modality == "CT" else MRImageStorage
+def new_instance(sop_class: str, sop_uid: str) -> Dataset:
+    """An empty explicit-VR little-endian instance whose file meta and SOP identity agree."""
     meta_ds = FileMetaDataset()
     meta_ds.MediaStorageSOPClassUID = sop_class
     meta_ds.MediaStorageSOPInstanceUID = sop_uid
     meta_ds.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta_ds
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
+    return ds
+
+
+def _slice_dataset(meta: StudyMeta, scanner: ScannerProfile, grid: Grid, pixels: np.ndarray,
+                   k: int, instance: int, sop_uid: str) -> Dataset:
+    ds = new_instance(CTImageStorage if scanner.modality == "CT" else MRImageStorage, sop_uid)
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = sop_uid
     for prefix in ("Study", "Series", "Acquisition", "Content"):
         setattr(ds, f"{prefix}Date", meta.study_date)
         setattr(ds, f"{prefix}Time", meta.study_time)

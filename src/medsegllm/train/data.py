@@ -124,6 +124,11 @@ def build_samples(
                 subtype_idx=-1 if found is None else _subtype_index(found["subtype"]),
             )
         )
+    return TrainSamples(series, device_ids, *index_slices(series), text_dim)
+
+
+def index_slices(series: list[SeriesData]) -> tuple[np.ndarray, np.ndarray]:
+    """(slices, lesion_slices) of `TrainSamples`; rerun whenever labels change (pseudo-label refresh)."""
     slices, lesion = [], []
     for i, s in enumerate(series):
         usable = s.label == LESION_CLASS if s.weight is None else (s.label == LESION_CLASS) & (s.weight > 0)
@@ -132,7 +137,7 @@ def build_samples(
             if has_lesion[z]:
                 lesion.append(len(slices))
             slices.append((i, z))
-    return TrainSamples(series, device_ids, np.asarray(slices, dtype=np.int64), np.asarray(lesion, dtype=np.int64), text_dim)
+    return np.asarray(slices, dtype=np.int64), np.asarray(lesion, dtype=np.int64)
 
 
 def _crop_start(size: int, roi: int, rng: np.random.Generator, focus: int | None) -> int:

@@ -6,7 +6,9 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,7 +21,11 @@ from medsegllm.config import Params
 from medsegllm.knowledge import LESION_CLASS
 from medsegllm.model.losses import class_kl, info_nce, seg_loss, subtype_logits, text_distribution
 from medsegllm.model.pdm import pdm_probability, set_pdm_probability
+from medsegllm.train import distributed
 from medsegllm.train.data import TrainSamples, sample_batch
+
+if TYPE_CHECKING:
+    from medsegllm.train.refresh import PseudoRefresh
 
 LOSS_KEYS = ("loss", "loss_seg", "loss_pseudo", "loss_align", "loss_kl")
 LOG_COLUMNS = ("epoch", *LOSS_KEYS, "pdm_p", "lr", "seconds")
@@ -95,6 +101,14 @@ def _restore_rng(state: dict, rng: np.random.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _restore_rank_rng(saved: dict | list[dict], rng: np.random.Generator, ranks: distributed.Ranks) -> None:
+    """A data-parallel checkpoint holds every rank's RNG state (a list); a single-process one, one dict."""
+    states = saved if isinstance(saved, list) else [saved]
+    if len(states) != ranks.world_size:
+        raise ValueError(f"checkpoint written by {len(states)} training process(es); resume with as many, not {ranks.world_size}")
+    _restore_rng(states[ranks.rank], rng)
+
+
 def _write_log(path: Path, rows: list[dict]) -> None:
     with atomic_path(path) as tmp:
         pd.DataFrame(rows, columns=list(LOG_COLUMNS)).to_csv(tmp, index=False)
@@ -107,8 +121,14 @@ def train_model(
     out_dir: Path,
     log_callback: Callable[[dict], None] | None = None,
     resume: bool = False,
+    refresh: PseudoRefresh | None = None,
 ) -> dict:
     """Train `model` in place; checkpoint + log every epoch so `resume=True` continues exactly.
+
+    Under torchrun (`train.distributed`) every rank trains its DDP replica and gets `log_callback`
+    with the same, rank-averaged row; rank 0 alone writes.
+
+    `refresh` keeps an EMA teacher of `model` and re-labels the pseudo-labelled samples (`train.pseudolabels.refresh_every`).
 
     Returns the last epoch's log row plus `steps` and `step_seconds` (mean wall time per step).
     """
@@ -118,16 +138,20 @@ def train_model(
     ckpt_path, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.csv"
     if train.num_threads > 0:
         torch.set_num_threads(train.num_threads)
-    device = resolve_device(train.device)
+    ranks = distributed.ranks()  # under torchrun: own seed, own GPU, rank 0 writes
+    device = distributed.local_device(resolve_device(train.device), ranks)
     cuda = device.type == "cuda"
-    torch.manual_seed(params.seed)
-    rng = np.random.default_rng(params.seed)
+    seed = distributed.rank_seed(params.seed, ranks)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     model.to(device)
     if cuda:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=1e-4)
     total_steps = train.epochs * train.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if refresh is not None:
+        refresh.attach(model)
     rows: list[dict] = []
     start_epoch = 0
     if resume and ckpt_path.exists():
@@ -137,11 +161,16 @@ def train_model(
         scheduler.load_state_dict(state["scheduler"])
         rows = list(state["rows"])
         start_epoch = int(state["epoch"])
-        _restore_rng(state["rng"], rng)
-        _write_log(log_path, rows)  # a kill can land between the checkpoint and the log write
+        _restore_rank_rng(state["rng"], rng, ranks)
+        if refresh is not None and "refresh" in state:
+            refresh.load_state_dict(state["refresh"])
+        if ranks.main:
+            _write_log(log_path, rows)  # a kill can land between the checkpoint and the log write
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    step = distributed.training_step(model, partial(compute_losses, params=params), ranks, device, train.compile)
     step_times: list[float] = []
-    bar = tqdm(total=total_steps, initial=start_epoch * train.steps_per_epoch, file=sys.stderr, desc="train", leave=False)
+    bar = tqdm(total=total_steps, initial=start_epoch * train.steps_per_epoch, file=sys.stderr, desc="train", leave=False,
+               disable=not ranks.main)
     for epoch in range(start_epoch, train.epochs):
         t0 = time.perf_counter()
         p = pdm_probability(epoch, train.pdm) if train.variant == "medsegllm" else 0.0
@@ -157,27 +186,36 @@ def train_model(
             if cuda:
                 batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
             with autocast:
-                losses = compute_losses(model, batch, params)
+                losses = step(batch)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             optimizer.step()
             scheduler.step()
+            if refresh is not None:
+                refresh.update(model)
             values = {k: float(losses[k].detach()) for k in LOSS_KEYS}
             for k in LOSS_KEYS:
                 sums[k] += values[k]
             step_times.append(time.perf_counter() - ts)
             bar.update(1)
             bar.set_postfix(loss=f"{values['loss']:.3f}")
+        sums = distributed.average(sums, ranks)  # the epoch's losses over every rank's batches
         row = {"epoch": epoch + 1, **{k: v / train.steps_per_epoch for k, v in sums.items()}, "pdm_p": p,
                "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t0}
         rows.append(row)
-        with atomic_path(ckpt_path) as tmp:
-            torch.save(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "epoch": epoch + 1, "rows": rows, "rng": _rng_state(rng)},
-                tmp,
-            )
-        _write_log(log_path, rows)
+        if refresh is not None:
+            refresh.end_epoch(epoch + 1)
+        rng_states = distributed.gather(_rng_state(rng), ranks)
+        if ranks.main:
+            with atomic_path(ckpt_path) as tmp:
+                torch.save(
+                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "epoch": epoch + 1, "rows": rows, "rng": rng_states if ranks.parallel else rng_states[0],
+                     **({"refresh": refresh.state_dict()} if refresh is not None else {})},
+                    tmp,
+                )
+            _write_log(log_path, rows)
+        distributed.barrier(ranks)
         if log_callback is not None:
             log_callback(row)
     bar.close()

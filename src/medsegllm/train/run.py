@@ -2,30 +2,40 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 
 import torch
 
-from medsegllm.common.deid import check_same_salt
-from medsegllm.common.io import write_json
+from medsegllm.common.deid import check_same_salt, resolve_salt
+from medsegllm.common.io import remove_partials, write_json
 from medsegllm.config import Params
+from medsegllm.ingest.standardize import STANDARDIZATION_FILE
 from medsegllm.knowledge import SEG_CLASSES
 from medsegllm.model.checkpoint import model_meta, save_checkpoint
 from medsegllm.model.network import build_model
 from medsegllm.train.data import build_samples, describe, load_prompts
-from medsegllm.train.engine import train_model
+from medsegllm.train import distributed
+from medsegllm.train.engine import resolve_device, train_model
+from medsegllm.train.refresh import PseudoRefresh, pseudo_targets, write_rounds
 
 log = logging.getLogger(__name__)
 
 
 def run_train(
-    ingest_dir: Path, findings_dir: Path, pseudo_dir: Path | None, out_dir: Path, params: Params, resume: bool = False
+    ingest_dir: Path, findings_dir: Path, pseudo_dir: Path | None, out_dir: Path, params: Params, resume: bool = False,
+    truth_dir: Path | None = None, salt: str | None = None,
 ) -> dict:
-    """Train the configured variant on the train split; the baseline sees labelled series only."""
+    """Train the configured variant on the train split; the baseline sees labelled series only.
+
+    With pseudo-labels, `pseudo_rounds.csv` logs their rounds (`train.pseudolabels.refresh_every`);
+    `truth_dir` (hidden truth, demo only) adds their Dice to it and nothing else.
+    """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    remove_partials(out_dir)
     check_same_salt(findings_dir, other_dir=ingest_dir)
     baseline = params.train.variant == "unet_baseline"
     use_pseudo = pseudo_dir is not None and not baseline and params.train.pseudolabels.enabled
@@ -34,8 +44,26 @@ def run_train(
     class_prompts, subtype_prompts = load_prompts(findings_dir)
     torch.manual_seed(params.seed)  # initial weights: torch's default seed differs in every process
     model = build_model(params.train, samples.device_ids, class_prompts, subtype_prompts)
-    result = train_model(model, samples, params, out_dir, resume=resume)
-    save_checkpoint(out_dir / "model.pt", model, model_meta(model, list(SEG_CLASSES), {"seed": params.seed}))
+    refresh = None
+    if use_pseudo:
+        truth = None
+        if truth_dir is not None:
+            from medsegllm.common.truth import truth_index
+
+            salt = salt or resolve_salt(params.ingest)  # truth is keyed by raw UIDs: map them like ingest did
+            check_same_salt(Path(ingest_dir), salt)
+            truth = truth_index(Path(truth_dir), salt)
+        refresh = PseudoRefresh(samples, pseudo_targets(ingest_dir, findings_dir, samples, params, truth), params, out_dir)
+    else:
+        write_rounds(out_dir, [])
+    with distributed.process_group(resolve_device(params.train.device)) as ranks:  # DDP under torchrun
+        result = train_model(model, samples, params, out_dir, resume=resume, refresh=refresh)
+    if ranks.main:
+        # ingest's MR standardization travels with the model: `segment` must map new MR series the same way
+        standardization = Path(ingest_dir) / STANDARDIZATION_FILE
+        extra = {"seed": params.seed,
+                 "mr_standardization": json.loads(standardization.read_text()) if standardization.exists() else None}
+        save_checkpoint(out_dir / "model.pt", model, model_meta(model, list(SEG_CLASSES), extra))
     metrics = {
         "variant": params.train.variant,
         **{k: result[k] for k in ("loss", "loss_seg", "loss_pseudo", "loss_align", "loss_kl", "epoch", "steps")},
@@ -45,7 +73,17 @@ def run_train(
         "n_slices": int(len(samples.slices)),
         "n_devices": len(samples.device_ids),
         "parameters": int(sum(p.numel() for p in model.parameters())),
+        "world_size": ranks.world_size,
+        "pseudo_rounds": len(refresh.rows) - 1 if refresh is not None else 0,
+        **(_round_dice(refresh.rows) if refresh is not None else {}),
         "seconds": time.perf_counter() - t0,
     }
-    write_json(out_dir / "train_metrics.json", metrics)
+    if ranks.main:
+        write_json(out_dir / "train_metrics.json", metrics)
     return metrics
+
+
+def _round_dice(rows: list[dict]) -> dict:
+    """Pseudo-label lesion Dice on tumour studies before the first and after the last round (when scored)."""
+    first, last = rows[0]["dice_lesion_tumour"], rows[-1]["dice_lesion_tumour"]
+    return {} if first is None else {"pseudo_dice_lesion_tumour_round0": first, "pseudo_dice_lesion_tumour_last": last}

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from medsegllm.common.deid import check_same_salt, resolve_salt
-from medsegllm.common.io import load_nifti, write_json, write_with
+from medsegllm.common.io import load_nifti, remove_partials, write_json, write_with
 from medsegllm.common.splits import assign_split
 from medsegllm.config import Params
 from medsegllm.knowledge import SEG_CLASSES
@@ -232,6 +232,7 @@ def run_validate(
     from medsegllm.model.inference import bottleneck_features, predict_volume
 
     ingest_dir, out_dir = Path(ingest_dir), Path(out_dir)
+    remove_partials(out_dir)
     val = validation_rows(pd.read_parquet(ingest_dir / "manifest.parquet"), params)
     model, meta = load_model(model_path)
     model.eval()
