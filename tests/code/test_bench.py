@@ -51,6 +51,14 @@ def test_render_reports_demo_run_when_present(tmp_path: Path) -> None:
     assert demo is not None and abs(demo["js_intensity_reduction"] - 0.9) < 1e-9
     assert demo["goals"][1]["met"] is True
     assert all("mtime_utc" in f for f in demo["files"].values())
+    assert demo["pseudo_rounds"] == []
+    (tmp_path / "model" / "pseudo_rounds.csv").write_text(
+        "epoch,round,n_series,fraction_changed,dice_lesion_tumour,dice_organs,n_scored_tumour\n"
+        "0,0,3,0.0,0.30,0.89,2\n8,1,3,0.02,,0.88,0\n")
+    from medsegllm.bench.report import _pseudo
+
+    text = "\n".join(_pseudo(read_demo(tmp_path)["pseudo_rounds"]))
+    assert "| 0 | 0 | 0.300 | 0.890 | 0.0000 |" in text and "| 1 | 8 | n/a | 0.880 | 0.0200 |" in text
 
 
 def test_ablation_goals_compare_the_same_run_variants() -> None:

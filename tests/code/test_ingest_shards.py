@@ -50,12 +50,14 @@ def single_and_sharded(tree, tmp_path_factory) -> tuple[Path, Path, dict]:
 def test_plan_is_deterministic_and_keeps_series_whole(tree):
     plan = plan_shards(tree, 3)
     assert plan == plan_shards(tree, 3)
-    files = [f for shard in plan["shards"] for f in shard]
-    assert len(files) == len(set(files)) == plan["n_files"] == sum(1 for p in tree.rglob("*") if p.is_file())
+    names = sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file())
+    indices = [i for shard in plan["shards"] for i in shard]
+    assert sorted(indices) == list(range(plan["n_files"])) and plan["n_files"] == len(names)
+    assert not any(part in json.dumps(plan) for name in names for part in name.split("/") if not part.isdigit())
     assert sum(1 for shard in plan["shards"] if shard) >= 2, "the cohort should spread over shards"
     folder_shard = {}
     for i, shard in enumerate(plan["shards"]):
-        for f in shard:
+        for f in (names[k] for k in shard):
             if Path(f).name.isdigit():  # synth names slices by number: one folder per series
                 assert folder_shard.setdefault(Path(f).parent, i) == i, "a series spans two shards"
 
@@ -105,3 +107,13 @@ def test_merge_refuses_shards_with_different_mr_standardization(single_and_shard
     (tmp_path / "other" / "shard.json").write_text(json.dumps(meta))
     with pytest.raises(ShardMergeError, match="different MR standardization"):
         merge_shards([work / "shard0", tmp_path / "other", work / "shard2"], tmp_path / "merged", work / "plan")
+
+
+def test_a_shard_refuses_a_tree_that_changed_since_the_plan(tree, tmp_path):
+    write_plan(tree, 2, tmp_path / "plan")
+    changed = tmp_path / "tree"
+    shutil.copytree(tree, changed)
+    (changed / "added_later.dcm").write_bytes(b"not dicom")
+    with pytest.raises(ShardMergeError, match="changed since the plan"):
+        run_ingest_shard(changed, tmp_path / "plan", 0, tmp_path / "shard0", PARAMS, SALT)
+

@@ -36,6 +36,7 @@ def read_demo(data_dir: Path) -> dict | None:
         "metrics": metrics,
         "per_device": per_device,
         "js_intensity_reduction": reduction,
+        "pseudo_rounds": _pseudo_rounds(Path(data_dir) / "model" / "pseudo_rounds.csv"),
         "goals": [
             {"goal": "cross-device JS of model features falls by >= 80 % against the same network without DAN+PDM (DESIGN.md)",
              "value": None, "met": None,
@@ -45,6 +46,15 @@ def read_demo(data_dir: Path) -> dict | None:
              "value": reduction, "measure": "1 - harmonized / raw", "met": None if reduction is None else reduction >= JS_REDUCTION_GOAL},
         ],
     }
+
+
+def _pseudo_rounds(path: Path) -> list[dict]:
+    """Pseudo-label quality per refresh round (round 0: the pseudolabel stage's labels); [] without the file."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return [{k: row[k] for k in ("epoch", "round", "dice_lesion_tumour", "dice_organs", "n_scored_tumour", "fraction_changed")
+                 if k in row} for row in csv.DictReader(handle)]
 
 
 # Variants retrained on the demo's own data and split, validated by the same code as the demo model.

@@ -26,7 +26,7 @@ from medsegllm.common.io import remove_partials, write_json, write_parquet
 from medsegllm.common.schemas import MANIFEST, QUARANTINE
 from medsegllm.config import IngestParams, MRStandardizationParams
 from medsegllm.ingest.run import _targets, run_ingest
-from medsegllm.ingest.scan import scan
+from medsegllm.ingest.scan import iter_files, scan
 from medsegllm.ingest.standardize import STANDARDIZATION_FILE, standardize
 
 PLAN_FILE = "plan.json"
@@ -62,7 +62,7 @@ def _series_groups(series: dict[str, list], segs: list) -> dict[str, str]:
 
 
 def plan_shards(input_dir: Path, n_shards: int) -> dict:
-    """Assign every file under `input_dir` to one of `n_shards` shards (relative paths, sorted).
+    """Assign every file under `input_dir` to one of `n_shards` shards (indices into the sorted file list).
 
     Image files go with their series, SEGs with the series they reference (all of them), every other
     file (reports, unreadable or unsupported files) by the hash of its relative path.
@@ -91,7 +91,29 @@ def plan_shards(input_dir: Path, n_shards: int) -> dict:
         shards[_bucket(rel(path), n_shards)].append(rel(path))
     planned = sum(len(s) for s in shards)
     assert planned == scanned.n_files, f"shard plan covers {planned} of {scanned.n_files} files"
-    return {"n_shards": n_shards, "n_files": scanned.n_files, "shards": [sorted(s) for s in shards]}
+    files = _input_files(input_dir)
+    index = {name: i for i, name in enumerate(files)}
+    # The plan names files by their index in the sorted tree, never by path: folder and file names
+    # may carry patient identifiers, and the plan is an artifact an orchestrator stores.
+    return {"n_shards": n_shards, "n_files": scanned.n_files, "files_sha256": _digest(files),
+            "shards": [sorted(index[name] for name in s) for s in shards]}
+
+
+def _input_files(input_dir: Path) -> list[str]:
+    """Every file under `input_dir` as a relative POSIX path, in the order the plan indexes them."""
+    return sorted(path.relative_to(input_dir).as_posix() for path in iter_files(input_dir))
+
+
+def _digest(files: list[str]) -> str:
+    return hashlib.sha256("\n".join(files).encode()).hexdigest()
+
+
+def _shard_files(input_dir: Path, plan: dict, shard: int) -> list[str]:
+    """The relative paths of `shard`'s files, after checking the tree is the one that was planned."""
+    files = _input_files(input_dir)
+    if len(files) != plan["n_files"] or _digest(files) != plan["files_sha256"]:
+        raise ShardMergeError(f"the input tree changed since the plan ({len(files)} files now, {plan['n_files']} planned)")
+    return [files[i] for i in plan["shards"][shard]]
 
 
 def write_plan(input_dir: Path, n_shards: int, out_dir: Path) -> dict:
@@ -117,7 +139,7 @@ def run_ingest_shard(input_dir: Path, plan_path: Path, shard: int, out_dir: Path
         raise ValueError(f"shard {shard} is outside the plan's 0..{plan['n_shards'] - 1}")
     input_dir = Path(input_dir).resolve()
     with tempfile.TemporaryDirectory(prefix=f"medsegllm-shard{shard}-") as tmp:
-        for rel in plan["shards"][shard]:
+        for rel in _shard_files(input_dir, plan, shard):
             link = Path(tmp) / rel
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(input_dir / rel)
