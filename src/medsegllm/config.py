@@ -166,7 +166,9 @@ class PseudoLossParams(_Section):
 
 class TrainParams(_Section):
     variant: Literal["medsegllm", "unet_baseline"] = "medsegllm"
-    backbone: Literal["unet", "segresnet"] = "unet"
+    backbone: Literal["unet", "segresnet", "swinunetr"] = Field(
+        "unet", description="MONAI backbone (the baseline: unet or swinunetr); swinunetr: channels[0] is its feature size"
+    )
     norm: Literal["batch", "instance"] = Field(
         "batch", description="backbone normalization of the medsegllm variant; DAN needs batch (per-device statistics)"
     )
@@ -192,6 +194,16 @@ class TrainParams(_Section):
     compile: bool = Field(
         False, description="torch.compile the training step (inductor: needs a C++ compiler, and triton on CUDA)"
     )
+
+    @model_validator(mode="after")
+    def _swin_sizes(self) -> "TrainParams":
+        if self.backbone == "swinunetr":
+            if self.channels[0] % 12:
+                raise ValueError("train.backbone swinunetr: channels[0] (its feature size) must be a multiple of 12")
+            if any(n % 32 or n < 64 for n in self.roi_size):
+                raise ValueError("train.backbone swinunetr: roi_size must be a multiple of 32 and at least 64 "
+                                 "(five 2x downsamplings; its normalization needs a bottleneck larger than 1x1)")
+        return self
 
     @model_validator(mode="after")
     def _dan_needs_batch_norm(self) -> "TrainParams":

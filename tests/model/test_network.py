@@ -62,3 +62,35 @@ def test_inference_precision_bf16_matches_fp32_and_auto_follows_the_hardware(pro
     assert isinstance(autocast_for(torch.device("cpu"), "bf16"), torch.autocast)
     with pytest.raises(ValueError, match="precision"):
         autocast_for(torch.device("cpu"), "fp16")
+
+
+def test_swinunetr_backbone_trains_segments_and_mixes(prompts, stage_dirs, tmp_path) -> None:
+    """The transformer backbone behind the same head: PDM on its skip encoders, features padded to stride 32."""
+    from pydantic import ValidationError
+
+    from medsegllm.model.pdm import ProgressiveDomainMixing
+    from medsegllm.train.data import build_samples, load_prompts
+    from medsegllm.train.engine import train_model
+
+    params = tiny_params(backbone="swinunetr", norm="instance", dan={"enabled": False}, channels=[12, 24],
+                         roi_size=[64, 64], epochs=1, steps_per_epoch=2)
+    samples = build_samples(stage_dirs["ingest"], stage_dirs["findings"], None, params)
+    model = build_model(params.train, samples.device_ids, *load_prompts(stage_dirs["findings"]))
+    assert type(model.backbone).__name__ == "SwinUNETR" and model.total_stride == 32
+    assert sum(isinstance(m, ProgressiveDomainMixing) for m in model.backbone.modules()) == 2
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train_model(model, samples, params, tmp_path)
+    assert np.isfinite(result["loss"]) and any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    volume = np.random.default_rng(0).random((40, 36, 3), dtype=np.float32)
+    probs = predict_volume(model, volume, samples.device_ids[0], batch_size=2)
+    assert probs.shape == (4, 40, 36, 3) and np.allclose(probs.sum(axis=0), 1.0, atol=1e-4)
+    assert bottleneck_features(model, volume, "unseen").shape == (3, 12 * 16)  # encoder10: 16x the feature size
+    swin_baseline = tiny_params(variant="unet_baseline", backbone="swinunetr", channels=[12, 24], roi_size=[64, 64])
+    baseline = build_model(swin_baseline.train, ["a"], *prompts)  # the transformer baseline: plain SwinUNETR, C outputs
+    assert type(baseline.backbone).__name__ == "SwinUNETR" and baseline.backbone.out.conv.out_channels == 4
+    assert predict_volume(baseline, volume, "a", batch_size=2).shape == (4, 40, 36, 3)
+    with pytest.raises(ValidationError, match="multiple of 12"):
+        tiny_params(backbone="swinunetr", channels=[16, 32])
+    for roi in ([48, 48], [32, 32]):
+        with pytest.raises(ValidationError, match="multiple of 32 and at least 64"):
+            tiny_params(backbone="swinunetr", channels=[12, 24], roi_size=roi)

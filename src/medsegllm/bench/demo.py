@@ -61,6 +61,8 @@ def _pseudo_rounds(path: Path) -> list[dict]:
 ABLATIONS: dict[str, dict] = {
     "without DAN+PDM": {"dan": {"enabled": False}, "pdm": {"enabled": False}},  # DAN is off by default
     "plain MONAI U-Net, voxel labels only": {"variant": "unet_baseline"},
+    # the paper's transformer baseline (TransUNet), as MONAI's SwinUNETR at the demo's width
+    "plain MONAI SwinUNETR, voxel labels only": {"variant": "unet_baseline", "backbone": "swinunetr", "channels": [24, 48]},
     "batch norm with DAN (the paper's DAN)": {"norm": "batch", "dan": {"enabled": True}},
 }
 

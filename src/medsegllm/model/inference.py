@@ -71,7 +71,7 @@ def bottleneck_features(model: nn.Module, volume: np.ndarray, device_id: str, ba
     model.eval()
     device = next(model.parameters()).device
     slices = _slices(volume, device)
-    stride = 2 ** (len(model.train_params.channels) - 1)
+    stride = model.total_stride
     pad_x = (-slices.shape[2]) % stride
     pad_y = (-slices.shape[3]) % stride
     slices = F.pad(slices, (0, pad_y, 0, pad_x))

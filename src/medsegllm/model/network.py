@@ -1,4 +1,4 @@
-"""Networks: the text-conditioned MedSegLLM model and the plain MONAI U-Net baseline.
+"""Networks: the text-conditioned MedSegLLM model and the plain MONAI U-Net / SwinUNETR baseline.
 
 The head scores each pixel by cosine similarity to the frozen class-prompt embeddings, so the
 classes live in the text space of the reports (which the alignment loss shapes) while inference
@@ -14,7 +14,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import SegResNet, UNet
+from monai.networks.nets import SegResNet, SwinUNETR, UNet
 from monai.networks.nets.unet import SkipConnection
 from torch import nn
 
@@ -53,6 +53,14 @@ def _segresnet_encoder_stages(net: SegResNet) -> list[tuple[nn.Module, str]]:
     return [(net.down_layers, str(i)) for i in range(len(net.down_layers))]
 
 
+def _swinunetr_encoder_stages(net: SwinUNETR) -> list[tuple[nn.Module, str]]:
+    """The two full- and half-resolution skip encoders (where PDM mixes), then the bottleneck block."""
+    return [(net, "encoder1"), (net, "encoder2"), (net, "encoder10")]
+
+
+SWIN_STRIDE = 32  # SwinUNETR downsamples five times
+
+
 class _Base(nn.Module):
     """Common plumbing: device routing, a bottleneck hook and the metadata inference needs."""
 
@@ -70,6 +78,13 @@ class _Base(nn.Module):
     def _keep_bottleneck(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
         self._bottleneck = output
 
+    @property
+    def total_stride(self) -> int:
+        """How much the backbone downsamples: whole-slice inputs must be padded to a multiple of it."""
+        if self.train_params.backbone == "swinunetr":
+            return SWIN_STRIDE
+        return 2 ** (len(self.train_params.channels) - 1)
+
     def device_index(self, device_id: str) -> int:
         """Branch index of a device; -1 (DAN's shared path) for a device never seen in training."""
         return self.device_ids.index(device_id) if device_id in self.device_ids else -1
@@ -78,15 +93,25 @@ class _Base(nn.Module):
         return self.outputs(x, device_idx)["logits"]
 
 
+def _swinunetr(train: TrainParams, out_channels: int, norm: str) -> SwinUNETR:
+    return SwinUNETR(in_channels=1, out_channels=out_channels, feature_size=train.channels[0], norm_name=norm,
+                     spatial_dims=train.spatial_dims)
+
+
 class BaselineUNet(_Base):
-    """A plain MONAI U-Net (instance norm, C outputs): the comparison baseline; device is ignored."""
+    """A plain MONAI U-Net (or SwinUNETR with `backbone: swinunetr`; instance norm, C outputs): the
+    comparison baseline trained on voxel labels only; device is ignored."""
 
     variant = "unet_baseline"
 
     def __init__(self, train: TrainParams, device_ids: list[str], n_classes: int) -> None:
         super().__init__(train, device_ids)
-        self.backbone = _unet(train, n_classes, norm="instance")
-        parent, name = _unet_encoder_stages(self.backbone)[-1]
+        if train.backbone == "swinunetr":
+            self.backbone = _swinunetr(train, n_classes, norm="instance")
+            parent, name = _swinunetr_encoder_stages(self.backbone)[-1]
+        else:
+            self.backbone = _unet(train, n_classes, norm="instance")
+            parent, name = _unet_encoder_stages(self.backbone)[-1]
         self._hook_bottleneck(getattr(parent, name))
 
     def outputs(self, x: torch.Tensor, device_idx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -107,6 +132,9 @@ class MedSegNet(_Base):
         if train.backbone == "unet":
             self.backbone = _unet(train, n_features, norm=train.norm)
             stages = _unet_encoder_stages(self.backbone)
+        elif train.backbone == "swinunetr":  # the transformer backbone (in place of the paper's TransUNet)
+            self.backbone = _swinunetr(train, n_features, norm=train.norm)
+            stages = _swinunetr_encoder_stages(self.backbone)
         else:
             self.backbone = SegResNet(
                 spatial_dims=train.spatial_dims,
