@@ -215,9 +215,7 @@ def train(
     params = _params(params_file)
     nproc = launch.processes(nproc_per_node)
     if nproc > 1 and not launch.under_torchrun():
-        args = ["train", "--ingested", str(ingested), "--findings", str(findings), "--out", str(out),
-                "--params", str(params_file), *(["--pseudolabels", str(pseudolabels)] if pseudolabels else []),
-                *(["--resume"] if resume else []), *(["--truth", str(truth)] if truth else [])]
+        args = launch.train_args(ingested, findings, out, params_file, pseudolabels, truth, resume)
         raise typer.Exit(launch.relaunch(nproc, args))
     metrics = run_train(ingested, findings, pseudolabels, out, params, resume=resume, truth_dir=truth)
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns the metrics; one prints them

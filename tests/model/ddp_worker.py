@@ -20,15 +20,7 @@ from medsegllm.model.network import build_model
 from medsegllm.train import distributed
 from medsegllm.train.data import build_samples, load_prompts
 from medsegllm.train.engine import train_model
-
-
-class Killed(Exception):
-    pass
-
-
-def _kill_after_first_epoch(row: dict) -> None:
-    if row["epoch"] == 1:
-        raise Killed
+from tests.model.synthetic import Interrupted, stop_after_epoch
 
 
 def main(root: Path) -> None:
@@ -47,8 +39,8 @@ def main(root: Path) -> None:
         straight = fresh()
         train_model(straight, samples, params, root / "straight")
         try:
-            train_model(fresh(), samples, params, root / "resumed", log_callback=_kill_after_first_epoch)
-        except Killed:
+            train_model(fresh(), samples, params, root / "resumed", log_callback=stop_after_epoch(1))
+        except Interrupted:
             pass
         resumed = fresh()
         train_model(resumed, samples, params, root / "resumed", resume=True)

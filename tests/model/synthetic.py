@@ -77,3 +77,18 @@ def tiny_params(**train: object) -> Params:
     return Params.model_validate(
         {"split": {"holdout_devices": [], "val_fraction": 0.0}, "pseudolabel": {"teacher_epochs": 1, "confidence_threshold": 0.3}, "train": base}
     )
+
+
+class Interrupted(Exception):
+    """Stands in for a kill between epochs in resume tests."""
+
+
+def stop_after_epoch(epoch: int):
+    """A `train_model` log_callback that interrupts the run once `epoch` is logged (and checkpointed)."""
+
+    def callback(row: dict) -> None:
+        if row["epoch"] == epoch:
+            raise Interrupted
+
+    return callback
+

@@ -17,7 +17,7 @@ from medsegllm.train.data import TrainSamples, build_samples, load_prompts
 from medsegllm.train.engine import train_model
 from medsegllm.train.refresh import ROUND_COLUMNS, PseudoRefresh, pseudo_targets
 from medsegllm.train.run import run_train
-from tests.model.synthetic import AFFINE, phantom, tiny_params
+from tests.model.synthetic import AFFINE, Interrupted, phantom, stop_after_epoch, tiny_params
 
 LESION = {"organ": "liver", "location": "right lobe", "laterality": None, "size_mm": 24.0,
           "subtype": "metastasis", "certainty": "definite"}  # metastasis: darker than liver, like the phantom's lesion
@@ -100,15 +100,6 @@ def test_train_with_refresh_writes_the_rounds(stage_dirs) -> None:
     assert pd.read_csv(root / "off" / "pseudo_rounds.csv")["round"].tolist() == [0]
 
 
-class _Interrupted(Exception):
-    pass
-
-
-def _stop_after_epoch_2(row: dict) -> None:
-    if row["epoch"] == 2:
-        raise _Interrupted
-
-
 def test_resume_with_refresh_continues_exactly(stage_dirs, tmp_path) -> None:
     """Rounds after epochs 1 and 3; a kill after epoch 2 resumes with the EMA of epoch 2 and the labels of round 1."""
     pseudo = _pseudo_dir(stage_dirs["root"])
@@ -128,8 +119,8 @@ def test_resume_with_refresh_continues_exactly(stage_dirs, tmp_path) -> None:
     straight, samples_a, refresh_a = fresh(tmp_path / "straight")
     train_model(straight, samples_a, params, tmp_path / "straight", refresh=refresh_a)
     model, samples_b, refresh_b = fresh(tmp_path / "resumed")
-    with pytest.raises(_Interrupted):
-        train_model(model, samples_b, params, tmp_path / "resumed", log_callback=_stop_after_epoch_2, refresh=refresh_b)
+    with pytest.raises(Interrupted):
+        train_model(model, samples_b, params, tmp_path / "resumed", log_callback=stop_after_epoch(2), refresh=refresh_b)
     resumed, samples_c, refresh_c = fresh(tmp_path / "resumed")
     train_model(resumed, samples_c, params, tmp_path / "resumed", resume=True, refresh=refresh_c)
 

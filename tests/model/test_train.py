@@ -14,16 +14,7 @@ from medsegllm.pseudolabel.run import run_pseudolabel
 from medsegllm.train.data import build_samples, load_prompts
 from medsegllm.train.engine import train_model
 from medsegllm.train.run import run_train
-from tests.model.synthetic import tiny_params
-
-
-class _Interrupted(Exception):
-    pass
-
-
-def _stop_after_first_epoch(row: dict) -> None:
-    if row["epoch"] == 1:
-        raise _Interrupted
+from tests.model.synthetic import Interrupted, stop_after_epoch, tiny_params
 
 
 def test_resume_continues_exactly(stage_dirs, tmp_path) -> None:
@@ -37,8 +28,8 @@ def test_resume_continues_exactly(stage_dirs, tmp_path) -> None:
 
     straight = fresh()
     train_model(straight, samples, params, tmp_path / "straight")
-    with pytest.raises(_Interrupted):
-        train_model(fresh(), samples, params, tmp_path / "resumed", log_callback=_stop_after_first_epoch)
+    with pytest.raises(Interrupted):
+        train_model(fresh(), samples, params, tmp_path / "resumed", log_callback=stop_after_epoch(1))
     resumed = fresh()
     result = train_model(resumed, samples, params, tmp_path / "resumed", resume=True)
     assert result["epoch"] == 2

@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from medsegllm.ingest.geometry import SeriesError
+from medsegllm.ingest.geometry import SeriesError, rescaled
 
 # functional group -> attributes copied from its single item onto each frame view
 FRAME_GROUPS = {
@@ -73,9 +73,4 @@ def frame_pixels(ds: pydicom.Dataset, views: list[Dataset]) -> list[np.ndarray]:
     data = data[None] if data.ndim == 2 else data
     if data.ndim != 3 or data.shape[0] != len(views):
         raise SeriesError("multi-frame pixel data does not hold one plane per frame")
-    frames = []
-    for plane, view in zip(data, views):
-        slope = float(view.get("RescaleSlope", 1) or 1)
-        intercept = float(view.get("RescaleIntercept", 0) or 0)
-        frames.append((plane.astype(np.float32) * np.float32(slope) + np.float32(intercept)).T)
-    return frames
+    return [rescaled(plane, view) for plane, view in zip(data, views)]

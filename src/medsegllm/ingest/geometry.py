@@ -84,6 +84,13 @@ def ras_affine(row_dir: np.ndarray, col_dir: np.ndarray, origin: np.ndarray, spa
     return LPS_TO_RAS @ lps
 
 
+def rescaled(plane: np.ndarray, header: pydicom.Dataset) -> np.ndarray:
+    """A stored (rows, columns) plane times the header's RescaleSlope plus RescaleIntercept, float32, (X, Y)."""
+    slope = float(header.get("RescaleSlope", 1) or 1)
+    intercept = float(header.get("RescaleIntercept", 0) or 0)
+    return (plane.astype(np.float32) * np.float32(slope) + np.float32(intercept)).T
+
+
 def pixels(ds: pydicom.Dataset) -> np.ndarray:
     """One slice in stored units times RescaleSlope plus RescaleIntercept, float32, (X, Y)."""
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
@@ -91,9 +98,7 @@ def pixels(ds: pydicom.Dataset) -> np.ndarray:
     data = ds.pixel_array
     if data.ndim != 2:
         raise SeriesError("pixel data is not one 2-D plane")
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    return (data.astype(np.float32) * np.float32(slope) + np.float32(intercept)).T
+    return rescaled(data, ds)
 
 
 def build_volume(datasets: list[pydicom.Dataset], slices: list[np.ndarray]) -> Volume:

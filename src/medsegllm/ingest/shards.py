@@ -91,7 +91,7 @@ def plan_shards(input_dir: Path, n_shards: int) -> dict:
         shards[_bucket(rel(path), n_shards)].append(rel(path))
     planned = sum(len(s) for s in shards)
     assert planned == scanned.n_files, f"shard plan covers {planned} of {scanned.n_files} files"
-    files = _input_files(input_dir)
+    files = sorted(name for shard in shards for name in shard)  # every file once (asserted above): the sorted tree
     index = {name: i for i, name in enumerate(files)}
     # The plan names files by their index in the sorted tree, never by path: folder and file names
     # may carry patient identifiers, and the plan is an artifact an orchestrator stores.
@@ -170,11 +170,12 @@ def merge_shards(shard_dirs: list[Path], out_dir: Path, plan_path: Path | None =
     remove_partials(out_dir)
     shard_dirs = [Path(d) for d in shard_dirs]
     summaries = [json.loads((d / "summary.json").read_text()) for d in shard_dirs]
+    shard_infos = [json.loads((d / "shard.json").read_text()) for d in shard_dirs]
     if len({s["salt_fingerprint"] for s in summaries}) > 1:
         raise ShardMergeError("shards were ingested with different salts")
     if plan_path is not None:
         plan = _read_plan(plan_path)
-        seen = sorted(json.loads((d / "shard.json").read_text())["shard"] for d in shard_dirs)
+        seen = sorted(info["shard"] for info in shard_infos)
         if seen != list(range(plan["n_shards"])):
             raise ShardMergeError(f"expected shards 0..{plan['n_shards'] - 1} once each, got {seen}")
         if sum(s["n_files"] for s in summaries) != plan["n_files"]:
@@ -191,7 +192,7 @@ def merge_shards(shard_dirs: list[Path], out_dir: Path, plan_path: Path | None =
         if len(keys) != len(set(keys)):
             raise ShardMergeError(f"a {what} appears in more than one shard")
     rows.sort(key=lambda r: r["series_id"])
-    settings = {json.dumps(json.loads((d / "shard.json").read_text())["mr_standardization"], sort_keys=True) for d in shard_dirs}
+    settings = {json.dumps(info["mr_standardization"], sort_keys=True) for info in shard_infos}
     if len(settings) > 1:
         raise ShardMergeError("shards were ingested with different MR standardization settings")
     setting = json.loads(settings.pop())

@@ -32,6 +32,14 @@ def torchrun_command(nproc: int, cli_args: list[str]) -> list[str]:
             "-m", "medsegllm.cli", *cli_args]
 
 
+def train_args(ingest_dir: Path, findings_dir: Path, out_dir: Path, params_file: Path, pseudo_dir: Path | None = None,
+               truth_dir: Path | None = None, resume: bool = False) -> list[str]:
+    """The `medsegllm train` arguments of one run, for its relaunch under torchrun."""
+    return ["train", "--ingested", str(ingest_dir), "--findings", str(findings_dir), "--out", str(out_dir),
+            "--params", str(params_file), *(["--pseudolabels", str(pseudo_dir)] if pseudo_dir else []),
+            *(["--truth", str(truth_dir)] if truth_dir else []), *(["--resume"] if resume else [])]
+
+
 def relaunch(nproc: int, cli_args: list[str]) -> int:
     """Run the command under torchrun with `nproc` processes; torchrun's exit status (a failed rank fails it)."""
     return subprocess.run(torchrun_command(nproc, cli_args), check=False).returncode
@@ -55,10 +63,7 @@ def run_train_on_all_gpus(ingest_dir: Path, findings_dir: Path, pseudo_dir: Path
     with tempfile.TemporaryDirectory(prefix="medsegllm-launch-") as tmp:
         params_file = Path(tmp) / "params.yaml"
         params_file.write_text(params_yaml)
-        args = ["train", "--ingested", str(ingest_dir), "--findings", str(findings_dir), "--out", str(out_dir),
-                "--params", str(params_file), *(["--pseudolabels", str(pseudo_dir)] if pseudo_dir else []),
-                *(["--truth", str(truth_dir)] if truth_dir else [])]
-        code = relaunch(nproc, args)
+        code = relaunch(nproc, train_args(ingest_dir, findings_dir, out_dir, params_file, pseudo_dir, truth_dir))
     if code != 0:
         raise RuntimeError(f"data-parallel training on {nproc} GPUs failed (torchrun exit status {code})")
     return json.loads((out_dir / "train_metrics.json").read_text())
