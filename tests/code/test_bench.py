@@ -59,6 +59,9 @@ def test_render_reports_demo_run_when_present(tmp_path: Path) -> None:
 
     text = "\n".join(_pseudo(read_demo(tmp_path)["pseudo_rounds"]))
     assert "| 0 | 0 | 0.300 | 0.890 | 0.0000 |" in text and "| 1 | 8 | n/a | 0.880 | 0.0200 |" in text
+    assert "first teacher alone" not in text  # no pseudolabels/summary.json here
+    text = "\n".join(_pseudo(read_demo(tmp_path)["pseudo_rounds"], {"dice_lesion_tumour": 0.0, "dice_organs": 0.85}))
+    assert "| first teacher alone, before fusion with the reports | - | 0.000 | 0.850 | - |" in text
 
 
 def test_ablation_goals_compare_the_same_run_variants() -> None:

@@ -37,6 +37,7 @@ def read_demo(data_dir: Path) -> dict | None:
         "per_device": per_device,
         "js_intensity_reduction": reduction,
         "pseudo_rounds": _pseudo_rounds(Path(data_dir) / "model" / "pseudo_rounds.csv"),
+        "pseudo_teacher": _pseudo_teacher(Path(data_dir) / "pseudolabels" / "summary.json"),
         "goals": [
             {"goal": "cross-device JS of model features falls by >= 80 % against the same network without DAN+PDM (DESIGN.md)",
              "value": None, "met": None,
@@ -57,6 +58,14 @@ def _pseudo_rounds(path: Path) -> list[dict]:
                  if k in row} for row in csv.DictReader(handle)]
 
 
+def _pseudo_teacher(path: Path) -> dict | None:
+    """The pseudolabel stage's first teacher alone, before fusion with the reports (its summary.json)."""
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    return {"dice_lesion_tumour": summary.get("dice_teacher_tumour"), "dice_organs": summary.get("dice_organs_teacher")}
+
+
 # Variants retrained on the demo's own data and split, validated by the same code as the demo model.
 ABLATIONS: dict[str, dict] = {
     "without DAN+PDM": {"dan": {"enabled": False}, "pdm": {"enabled": False}},  # DAN is off by default
@@ -64,6 +73,7 @@ ABLATIONS: dict[str, dict] = {
     # the paper's transformer baseline (TransUNet), as MONAI's SwinUNETR at the demo's width
     "plain MONAI SwinUNETR, voxel labels only": {"variant": "unet_baseline", "backbone": "swinunetr", "channels": [24, 48]},
     "batch norm with DAN (the paper's DAN)": {"norm": "batch", "dan": {"enabled": True}},
+    "without pseudo-label refresh": {"pseudolabels": {"refresh_every": 0}},
 }
 
 

@@ -207,19 +207,22 @@ def _demo(r: dict) -> list[str]:
         lines.append(f"| {row['device_id']} | {row['modality']} | {row['holdout']} | {row['n']} | "
                      f"{float(row['dice_mean']):.3f} | {float(row['ci_low']):.3f}-{float(row['ci_high']):.3f} | "
                      f"{float(row['dice_lesion']):.3f} |")
-    lines += _pseudo(d.get("pseudo_rounds") or [])
+    lines += _pseudo(d.get("pseudo_rounds") or [], d.get("pseudo_teacher"))
     lines += _ablations(d)
     lines += _goals(d["goals"])
     return lines
 
 
-def _pseudo(rounds: list[dict]) -> list[str]:
+def _pseudo(rounds: list[dict], teacher: dict | None = None) -> list[str]:
     """Pseudo-label Dice against the demo's hidden truth, per EMA-teacher refresh round (model/pseudo_rounds.csv)."""
     if not rounds:
         return []
     lines = ["", "Pseudo-labels against the hidden truth per refresh round (round 0: the pseudolabel stage; "
                  "the paper reports 0.72 -> 0.83):", "",
              "| round | epoch | lesion Dice, tumour studies | organ Dice | voxels changed |", "|---|---|---|---|---|"]
+    if teacher is not None:
+        lines.append(f"| first teacher alone, before fusion with the reports | - | "
+                     f"{_f(teacher['dice_lesion_tumour'], 3)} | {_f(teacher['dice_organs'], 3)} | - |")
     for r in rounds:
         lines.append(f"| {r['round']} | {r['epoch']} | {_f(_num(r.get('dice_lesion_tumour')), 3)} | "
                      f"{_f(_num(r.get('dice_organs')), 3)} | {_f(_num(r.get('fraction_changed')), 4)} |")
