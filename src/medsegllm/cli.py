@@ -39,10 +39,11 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
     from rich.logging import RichHandler
 
     logging.basicConfig(  # logs on stderr: stdout carries each command's JSON summary alone
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING,  # libraries (GX, MLflow) speak only when asked
         format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)],
     )
+    logging.getLogger("medsegllm").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def _params(path: Path) -> Params:

@@ -159,9 +159,23 @@ class PseudoLossParams(_Section):
     ema_decay: float = Field(0.99, ge=0, lt=1, description="teacher = EMA of the student: ema <- decay*ema + (1-decay)*student, per step")
     refresh_every: int = Field(0, ge=0, description="re-fuse the pseudo-labels with the EMA teacher every N epochs; 0: never")
     refresh_start: int = Field(8, ge=1, description="first epoch (1-based) after which a refresh may run")
+    lesion_weight: float = Field(
+        1.0, ge=0, le=1, description="factor on pseudo-labelled lesion voxels' loss weight: report-placed lesions are the "
+        "least reliable pseudo-labels; 0 keeps only the report's negative evidence (no lesion in a lesion-free study)"
+    )
     ema_warmup: bool = Field(
         True, description="decay min(ema_decay, (1+n)/(10+n)) after n updates: the teacher forgets the random initial weights"
     )
+
+
+class PostprocessParams(_Section):
+    """Label-map rules the model carries (its metadata) to validation and `segment` (model/postprocess.py)."""
+
+    enabled: bool = True
+    min_lesion_diameter_mm: float = Field(
+        8.0, ge=0, description="lesion components smaller than a sphere of this diameter are dropped (0: keep all)"
+    )
+    lesions_in_organs: bool = Field(True, description="drop lesion components that touch no organ a lesion subtype occurs in")
 
 
 class TrainParams(_Section):
@@ -172,9 +186,11 @@ class TrainParams(_Section):
     norm: Literal["batch", "instance"] = Field(
         "batch", description="backbone normalization of the medsegllm variant; DAN needs batch (per-device statistics)"
     )
-    spatial_dims: Literal[2] = 2
+    spatial_dims: Literal[2, 3] = Field(
+        2, description="2: axial slice crops and slice-wise inference; 3: patches and sliding windows over the volume"
+    )
     channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
-    roi_size: tuple[int, int] = (64, 64)
+    roi_size: tuple[int, ...] = Field((64, 64), description="crop / sliding window (x, y) or (x, y, z): one per spatial dim")
     epochs: int = Field(8, ge=1)
     steps_per_epoch: int = Field(30, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -189,20 +205,39 @@ class TrainParams(_Section):
     pseudolabels: PseudoLossParams = PseudoLossParams()
     dan: DANParams = DANParams()
     pdm: PDMParams = PDMParams()
+    postprocess: PostprocessParams = PostprocessParams()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default")
     compile: bool = Field(
         False, description="torch.compile the training step (inductor: needs a C++ compiler, and triton on CUDA)"
     )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="training compute precision; auto: bf16 autocast on CUDA or a CPU with native bf16, else fp32"
+    )
+    mlflow: bool = Field(
+        False, description="log the training as an MLflow run in register.tracking_uri / register.experiment"
+    )
 
     @model_validator(mode="after")
-    def _swin_sizes(self) -> "TrainParams":
+    def _roi_sizes(self) -> "TrainParams":
+        """Window sizes the backbone can take: one per spatial dim, each divisible by its downsampling."""
+        if len(self.roi_size) != self.spatial_dims:
+            raise ValueError(f"train.roi_size has {len(self.roi_size)} values; train.spatial_dims {self.spatial_dims} "
+                             f"needs {self.spatial_dims} ({'x, y' if self.spatial_dims == 2 else 'x, y, z'})")
         if self.backbone == "swinunetr":
             if self.channels[0] % 12:
                 raise ValueError("train.backbone swinunetr: channels[0] (its feature size) must be a multiple of 12")
-            if any(n % 32 or n < 64 for n in self.roi_size):
-                raise ValueError("train.backbone swinunetr: roi_size must be a multiple of 32 and at least 64 "
-                                 "(five 2x downsamplings; its normalization needs a bottleneck larger than 1x1)")
+            # x and y at least 64 keep the bottleneck larger than one voxel; z may be 32 (thin volumes)
+            if any(n % 32 for n in self.roi_size) or any(n < 64 for n in self.roi_size[:2]):
+                raise ValueError("train.backbone swinunetr: roi_size must be a multiple of 32 and at least 64 on x and y "
+                                 "(five 2x downsamplings; its normalization needs a bottleneck larger than 1x1); "
+                                 f"got {list(self.roi_size)}")
+        else:
+            stride = 2 ** (len(self.channels) - 1)
+            if len(self.channels) < 2 or any(n < 1 or n % stride for n in self.roi_size):
+                raise ValueError(f"train.backbone {self.backbone}: every roi_size value must be a positive multiple of "
+                                 f"{stride} (2 ** (len(channels) - 1) downsamplings) and channels needs at least 2 "
+                                 f"levels; got roi_size {list(self.roi_size)}, channels {self.channels}")
         return self
 
     @model_validator(mode="after")

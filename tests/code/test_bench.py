@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from medsegllm.bench.report import SECTIONS, render
 from medsegllm.bench.run import main
+from tests.conftest import ROOT
 
 
 def test_bench_tiny_run_writes_every_section(tmp_path: Path) -> None:
@@ -64,21 +67,117 @@ def test_render_reports_demo_run_when_present(tmp_path: Path) -> None:
     assert "| first teacher alone, before fusion with the reports | - | 0.000 | 0.850 | - |" in text
 
 
-def test_ablation_goals_compare_the_same_run_variants() -> None:
-    from medsegllm.bench.demo import ablation_goals
-    from medsegllm.bench.report import _ablations
+def test_mean_ci_is_the_student_t_interval() -> None:
+    from medsegllm.bench.demo import mean_ci
 
-    demo = {
-        "metrics": {"js_features": 0.1, "dice_holdout_devices": 0.7},
-        "ablations": {
-            "without DAN+PDM": {"metrics": {"js_features": 0.5, "dice_holdout_devices": 0.6}},
-            "plain MONAI U-Net, voxel labels only": {"metrics": {"js_features": 0.6, "dice_holdout_devices": 0.65}},
-        },
+    stats = mean_ci([0.5, 0.7, None, float("nan")])  # missing seeds are left out, not counted as zero
+    half = 12.706204736 * (0.02**0.5) / 2**0.5  # t(0.975, df=1) * sd / sqrt(n)
+    assert stats["n"] == 2 and abs(stats["mean"] - 0.6) < 1e-12 and abs(stats["sd"] - 0.02**0.5) < 1e-12
+    assert abs(stats["ci_low"] - (0.6 - half)) < 1e-6 and abs(stats["ci_high"] - (0.6 + half)) < 1e-6
+    three = mean_ci([1.0, 2.0, 3.0])
+    assert abs(three["ci_high"] - (2.0 + 4.302652730 * 1.0 / 3**0.5)) < 1e-6
+    one = mean_ci([0.4])
+    assert one["mean"] == 0.4 and one["ci_low"] is None and one["ci_high"] is None
+    assert mean_ci([])["mean"] is None
+
+
+def _run(seed: int, **values: float) -> dict:
+    return {"seed": seed, "values": values}
+
+
+def test_table_goals_are_judged_on_the_paired_interval() -> None:
+    from medsegllm.bench.demo import table_goals
+
+    rows = {
+        "full": {"runs": [_run(1, dice_holdout=0.80, js_features=0.05), _run(2, dice_holdout=0.82, js_features=0.05),
+                          _run(3, dice_holdout=0.81, js_features=0.06)]},
+        "unet": {"runs": [_run(1, dice_holdout=0.70, dice_seen=0.85), _run(2, dice_holdout=0.72, dice_seen=0.86),
+                          _run(3, dice_holdout=0.71, dice_seen=0.84)]},
+        "align": {"runs": [_run(1, js_features=0.60), _run(2, js_features=0.55), _run(3, js_features=0.58)]},
     }
-    js, margin = ablation_goals(demo)
-    assert abs(js["value"] - 0.8) < 1e-9 and js["met"] is True
-    assert abs(margin["value"] - 0.05) < 1e-9 and margin["met"] is True
-    demo["metrics"]["js_features"] = 0.6  # DAN+PDM raising divergence must read as not met
-    assert ablation_goals(demo)[0]["met"] is False
-    table = "\n".join(_ablations(demo))
-    assert "without DAN+PDM" in table and "demo model (make run)" in table
+    margin, drop, js = table_goals(rows)
+    assert abs(margin["value"] - 0.10) < 1e-9 and margin["stats"]["sd"] < 1e-12 and margin["met"] is True
+    assert abs(drop["value"] - 0.14) < 1e-9 and drop["met"] is True
+    assert js["met"] is True and js["stats"]["ci_low"] >= 0.8
+    # the same mean margin with a wide interval reaching below 0.05 is not met
+    rows["full"]["runs"][0]["values"]["dice_holdout"] = 0.70
+    rows["full"]["runs"][1]["values"]["dice_holdout"] = 0.92
+    margin = table_goals(rows)[0]
+    assert abs(margin["value"] - 0.10) < 1e-9 and margin["met"] is False and "below the bar" in margin["note"]
+    # DAN+PDM raising the divergence reads as not met; one seed has no interval: not measurable
+    rows["full"]["runs"] = [_run(1, dice_holdout=0.9, js_features=0.7)]
+    margin, _, js = table_goals(rows)
+    assert js["value"] < 0 and js["met"] is None and margin["met"] is None and "no interval" in margin["note"]
+
+
+def _tiny_demo(root: Path):
+    """A 12-study synthetic cohort through synth, ingest and reports (rules): the inputs of the paper table."""
+    import os
+
+    from medsegllm.config import load_params
+    from medsegllm.ingest.run import run_ingest
+    from medsegllm.reports.run import run_reports
+    from medsegllm.synth.cohort import generate_cohort
+
+    raw = load_params(ROOT / "params.yaml").model_dump(by_alias=True)
+    raw["synth"]["n_studies"] = 12
+    raw["reports"]["backend"] = "rules"
+    raw["pseudolabel"]["teacher_epochs"] = 1
+    raw["train"].update(epochs=1, steps_per_epoch=2, batch_size=4, channels=[8, 16], roi_size=[64, 64], num_threads=1,
+                        mlflow=True)  # the table must switch tracking off: its variants never reach the tracking store
+    raw["validate"]["bootstrap"] = 5
+    from medsegllm.config import Params
+
+    params = Params.model_validate(raw)
+    salt = os.environ["MEDSEGLLM_SALT"]
+    generate_cohort(root / "cohort", params.synth, params.seed)
+    run_ingest(root / "cohort" / "dicom", root / "ingested", params.ingest, salt, holdout_devices=params.split.holdout_devices)
+    run_reports(root / "cohort" / "reports.jsonl", root / "findings", params.reports, salt)
+    return params, salt
+
+
+def test_paper_table_on_a_tiny_cohort_with_two_seeds(tmp_path: Path, monkeypatch) -> None:
+    from medsegllm.bench.demo import COLUMNS, ROWS, mean_ci, run_paper_table
+    from medsegllm.bench.report import _paper_table
+    from medsegllm.bench.run import parse_args
+
+    assert parse_args([]).seeds == 3 and parse_args(["--seeds", "2"]).seeds == 2
+    with pytest.raises(SystemExit):
+        parse_args(["--seeds", "0"])
+    monkeypatch.chdir(tmp_path)  # a relative MLflow store would land here, never in the checkout
+    params, salt = _tiny_demo(tmp_path)
+    table = run_paper_table(tmp_path, params, salt, tmp_path / "work", seeds=[5, 6], extra_seeds=1)
+    rows = {r["key"]: r for r in table["rows"]}
+    assert list(rows) == [r["key"] for r in ROWS]
+    for row in ROWS:
+        assert rows[row["key"]]["seeds"] == ([5, 6] if row["core"] else [5])
+    assert [s["seed"] for s in table["pseudolabel_stages"]] == [5, 6]
+    assert len(table["seconds_by_job"]["pseudolabel"]) == 2 and len(table["seconds_by_job"]["bn_dan"]) == 1
+    assert all("mlflow_run_id" not in r["train_metrics"] for row in rows.values() for r in row["runs"])
+    for row in rows.values():  # every cell is the t-interval of the per-seed values the JSON keeps
+        for column in COLUMNS:
+            assert row["summary"][column] == mean_ci([r["values"][column] for r in row["runs"]])
+        assert all(r["metrics"]["dice_mean"] is not None and r["per_device"] for r in row["runs"])
+    unet, full = rows["unet"], rows["full"]
+    assert unet["summary"]["dice"]["n"] == 2 and unet["summary"]["dice"]["ci_low"] is not None
+    assert unet["summary"]["pseudo_dice_final"]["n"] == 0  # no pseudo-labels in the baseline
+    assert full["runs"][0]["train_metrics"]["n_pseudo_series"] > 0
+    # the seed reaches training: two seeds of the same row give different weights, hence different Dice
+    assert full["runs"][0]["values"]["dice"] != full["runs"][1]["values"]["dice"]
+    assert table["js_features"]["after"] == full["summary"]["js_features"]
+    assert table["js_features"]["before"] == rows["align"]["summary"]["js_features"]
+    holdout = {d["device_id"]: d["holdout"] for d in table["per_device"]}  # held out = never seen in training
+    configured = {d for d in params.split.holdout_devices if d in holdout}
+    assert table["holdout_devices"] and all(set(h) >= configured for h in table["holdout_devices"])
+    assert any(holdout.values()) and all(holdout[d] for d in params.split.holdout_devices if d in holdout)
+    assert [g["met"] is None or isinstance(g["met"], bool) for g in table["goals"]] == [True] * 3
+
+    text = "\n".join(_paper_table({"table": table}))
+    assert "2 seeds: 5, 6" in text and "| TransUNet 0.88 (mapped to SwinUNETR) |" in text
+    assert "| U-Net 0.85 |" in text and "| MedSegLLM 0.91 |" in text
+    s = unet["summary"]["dice"]
+    assert f"| {unet['name']} | 2 | {s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] |" in text
+    assert "full method without pseudo-label refresh (fewer seeds, to fit the time budget) | 1 |" in text
+    assert "(1 seed)" in text and "| 0.68 |" in text and "| 0.83 |" in text
+    assert "Held-out devices (in no model's training data): " in text or "Held-out device sets differ" in text
+    assert text.count("| plain MONAI U-Net, voxel labels only | 5 |") == 1  # per-seed rows

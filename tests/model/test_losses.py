@@ -35,3 +35,37 @@ def test_seg_loss_ignores_zero_weight_voxels() -> None:
     changed[:, :, :4] = torch.randn(2, 4, 4, 8) * 5
     assert torch.isclose(seg_loss(logits, target, cw, weight), seg_loss(changed, target, cw, weight))
     assert not torch.isclose(seg_loss(logits, target, cw), seg_loss(changed, target, cw))
+
+
+class _FixedLogits(torch.nn.Module):
+    """A stand-in model whose logits are given: isolates compute_losses' weighting."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def outputs(self, image: torch.Tensor, device: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.logits}
+
+
+def test_pseudo_lesion_weight_scales_only_pseudo_lesion_voxels() -> None:
+    from medsegllm.knowledge import LESION_CLASS
+    from medsegllm.train.engine import compute_losses
+    from tests.model.synthetic import tiny_params
+
+    torch.manual_seed(0)
+    target = torch.randint(0, 4, (2, 8, 8))
+    target[:, :3, :3] = LESION_CLASS
+    batch = {"image": torch.zeros(2, 1, 8, 8), "device": torch.zeros(2, dtype=torch.long), "label": target,
+             "weight": torch.ones(2, 8, 8), "pseudo": torch.tensor([True, True]), "has_text": torch.tensor([False, False])}
+    logits = torch.randn(2, 4, 8, 8)
+    changed = logits.clone()
+    changed[:, :, :3, :3] = torch.randn(2, 4, 3, 3) * 5  # only the pseudo-lesion voxels differ
+
+    def pseudo_loss(values: torch.Tensor, lesion_weight: float) -> torch.Tensor:
+        params = tiny_params(alignment={"enabled": False}, kl={"enabled": False}, pseudolabels={"lesion_weight": lesion_weight})
+        return compute_losses(_FixedLogits(values), batch, params)["loss_pseudo"]
+
+    assert torch.isclose(pseudo_loss(logits, 0.0), pseudo_loss(changed, 0.0))
+    assert not torch.isclose(pseudo_loss(logits, 0.3), pseudo_loss(changed, 0.3))
+    assert not torch.isclose(pseudo_loss(logits, 0.3), pseudo_loss(logits, 1.0))

@@ -124,14 +124,17 @@ def test_forced_labels_bad_files_and_empty_series(checkpoint: Path, tmp_path: Pa
     (data / "broken" / "x.dcm").parent.mkdir()
     (data / "broken" / "x.dcm").write_bytes(first[: len(first) // 2])  # same series, truncated pixels
 
-    def lesion_on_middle_slice(model, volume, device_id):
+    def lesion_in_liver_on_middle_slice(model, volume, device_id):
+        """Liver on the middle slice with a lesion inside it: big enough and in an organ, so post-processing keeps it."""
         probs = np.zeros((len(SEG_CLASSES), *volume.shape), dtype=np.float32)
         probs[0] = 1.0
-        probs[0, :, :, volume.shape[2] // 2] = 0.0
-        probs[SEG_CLASSES.index("lesion"), :, :, volume.shape[2] // 2] = 1.0
+        z, (nx, ny) = volume.shape[2] // 2, volume.shape[:2]
+        probs[0, :, :, z] = 0.0
+        probs[SEG_CLASSES.index("liver"), :, :, z] = 1.0
+        probs[SEG_CLASSES.index("lesion"), nx // 4 : 3 * nx // 4, ny // 4 : 3 * ny // 4, z] = 2.0
         return probs
 
-    monkeypatch.setattr(segment_run, "predict_volume", lesion_on_middle_slice)
+    monkeypatch.setattr(segment_run, "predict_volume", lesion_in_liver_on_middle_slice)
     summary = run_segment(str(checkpoint), data, tmp_path / "bad", Params(), SALT)
     reasons = {r["path"]: r["reason"] for r in pq.read_table(tmp_path / "bad" / "quarantine.parquet").to_pylist()}
     named = {"notes.txt", "broken/x.dcm", "ct/01.dcm", "ct/02.dcm", "ct/03.dcm"}
@@ -139,7 +142,7 @@ def test_forced_labels_bad_files_and_empty_series(checkpoint: Path, tmp_path: Pa
 
     summary = run_segment(str(checkpoint), REAL_CT, tmp_path / "forced", Params(), SALT)
     row = summary["series"][0]
-    assert row["segments"] == ["lesion"] and row["n_frames"] >= 1
+    assert row["segments"] == ["liver", "lesion"] and row["n_frames"] >= 2
     _check_outputs(summary, REAL_CT, tmp_path / "forced")
 
     monkeypatch.setattr(segment_run, "predict_volume", lambda m, v, d: np.stack([np.ones_like(v), *[np.zeros_like(v)] * 3]))

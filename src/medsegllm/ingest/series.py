@@ -15,8 +15,10 @@ import pydicom
 from medsegllm.common.io import save_nifti
 from medsegllm.config import IngestParams
 from medsegllm.ingest.frames import frame_pixels, frame_views, is_multiframe
-from medsegllm.ingest.geometry import SeriesError, Volume, build_volume, pixels, slice_normal
+from medsegllm.ingest.geometry import (TILE, SeriesError, Volume, build_volume, pixels, rescale_into, slice_geometry, slice_normal,
+                                       transpose_into)
 from medsegllm.ingest.harmonize import harmonize_label, harmonize_volume, histogram, raw_histogram
+from medsegllm.ingest.pixels import NativePixels, read_header, read_native
 from medsegllm.ingest.scan import dcmread_capped
 from medsegllm.ingest.seg import SegError, SliceIndex, seg_label_map
 from medsegllm.ingest.standardize import landmarks
@@ -43,24 +45,127 @@ class SeriesOutcome:
     n_label_files: int = 0
 
 
-def decode_series(files: list[Path]) -> tuple[list[pydicom.Dataset], list[np.ndarray], list[tuple[Path, str]]]:
-    """One (dataset, slice) pair per slice: a classic file is one slice, an enhanced file one per frame."""
-    datasets, slices, bad = [], [], []
+UNREADABLE = "pixel data unreadable ({}; truncated file or unsupported transfer syntax)"
+
+
+@dataclass
+class _File:
+    """One file whose header was read: its slices' header views and where its pixel data lies."""
+
+    path: Path
+    views: list[pydicom.Dataset]
+    native: NativePixels | None
+
+
+def decode_series(files: list[Path]) -> tuple[list[pydicom.Dataset], np.ndarray | list[np.ndarray], list[tuple[Path, str]]]:
+    """One (dataset, slice) pair per slice: a classic file is one slice, an enhanced file one per frame.
+
+    Headers are read first (each file is parsed once). When every file holds native pixel data on
+    one grid, the slices are sorted by position right away and go, a tile of slices at a time,
+    straight into the C-ordered (X, Y, Z) volume, returned as its (N, X, Y) view with the datasets
+    in the same order, so build_volume copies nothing. Otherwise every file is decoded by itself
+    (pydicom where not native) into its own (X, Y) planes. Bad files come back with their
+    quarantine reason, in input order.
+    """
+    readable, bad = [], []
     for path in files:
         try:
-            ds = dcmread_capped(path, force=True)
-            if is_multiframe(ds):  # an enhanced object: its frames are the series' slices
-                views = frame_views(ds)
-                slices += frame_pixels(ds, views)
-                datasets += views
-            else:
-                slices.append(pixels(ds))
-                datasets.append(ds)
-        except SeriesError as exc:
-            bad.append((path, str(exc)))
+            ds, native = read_header(path)
+            views = frame_views(ds) if is_multiframe(ds) else [ds]
+            if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+                raise SeriesError("not a grayscale image")
+            readable.append(_File(path, views, native if native is not None and native.shape[0] == len(views) else None))
         except Exception as exc:  # a truncated or undecodable file is quarantined, not raised
-            bad.append((path, f"pixel data unreadable ({type(exc).__name__}; truncated file or unsupported transfer syntax)"))
+            bad.append((path, _reason(exc)))
+    # Only when every file's pixel data was checked to be there: a corrupt Rows/Columns must not
+    # reserve gigabytes (pydicom then fails such files one by one, as they would alone).
+    views = [view for item in readable for view in item.views]
+    grid = _common_grid(views) if all(item.native is not None for item in readable) else None
+    if grid is None:
+        datasets, slices = _decode_each(readable, bad)
+    else:
+        datasets, slices = _decode_sorted(readable, grid, bad)
+    position = {path: i for i, path in enumerate(files)}
+    bad.sort(key=lambda entry: position[entry[0]])
     return datasets, slices, bad
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, SeriesError) else UNREADABLE.format(type(exc).__name__)
+
+
+def _common_grid(views: list[pydicom.Dataset]) -> tuple[int, int] | None:
+    """(rows, columns) when every slice declares the same grid, else None (build_volume reports it)."""
+    grids = {(int(view.Rows), int(view.Columns)) for view in views}
+    return grids.pop() if len(grids) == 1 else None
+
+
+def _decode_each(readable: list[_File], bad: list[tuple[Path, str]]) -> tuple[list[pydicom.Dataset], list[np.ndarray]]:
+    datasets, planes, scratch = [], [], None
+    for item in readable:
+        try:
+            decoded, scratch = _decode(item, scratch)
+        except Exception as exc:  # as in decode_series
+            bad.append((item.path, _reason(exc)))
+            continue
+        datasets += item.views
+        planes += [plane.T for plane in decoded]
+    return datasets, planes
+
+
+def _decode_sorted(readable: list[_File], grid: tuple[int, int],
+                   bad: list[tuple[Path, str]]) -> tuple[list[pydicom.Dataset], np.ndarray | list[np.ndarray]]:
+    """Slices in position order, rescaled a tile at a time and transposed into the (X, Y, Z) volume."""
+    slots = [(item, frame) for item in readable for frame in range(len(item.views))]
+    try:
+        order = slice_geometry([item.views[frame] for item, frame in slots])[3]
+    except Exception:  # bad geometry: keep input order; build_volume raises the same error with the reason
+        order = list(range(len(slots)))
+    volume = np.empty((grid[1], grid[0], len(slots)), np.float32)
+    tile = np.empty((TILE, *grid), np.float32)
+    multiframe: dict[Path, np.ndarray] = {}  # the decoded frames of each enhanced file
+    failed: dict[Path, str] = {}
+    scratch = None
+    for z0 in range(0, len(order), TILE):
+        for j, (item, frame) in enumerate(slots[i] for i in order[z0 : z0 + TILE]):
+            if item.path in failed:
+                continue
+            try:
+                if len(item.views) == 1:
+                    decoded, scratch = _decode(item, scratch, tile[j : j + 1])
+                else:
+                    if item.path not in multiframe:
+                        multiframe[item.path] = _decode(item, None)[0]
+                    decoded = multiframe[item.path]
+                    tile[j] = decoded[frame]
+            except Exception as exc:  # as in decode_series
+                failed[item.path] = _reason(exc)
+        transpose_into(volume, z0, tile.transpose(0, 2, 1), slice(0, min(TILE, len(order) - z0)))
+    bad += failed.items()
+    kept = [z for z, i in enumerate(order) if slots[i][0].path not in failed]
+    datasets = [slots[order[z]][0].views[slots[order[z]][1]] for z in kept]
+    if failed:  # keep datasets and slices paired (the caller rejects the series anyway)
+        return datasets, [volume[:, :, z] for z in kept]
+    return datasets, volume.transpose(2, 0, 1)
+
+
+def _decode(item: _File, scratch: np.ndarray | None, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The file's rescaled float32 (frames, rows, columns), into `out` when given; native pixel data
+    is read from the file through `scratch` (returned for reuse), anything else goes to pydicom."""
+    native = item.native
+    if native is not None:
+        if scratch is None or scratch.shape != native.shape or scratch.dtype != native.dtype:
+            scratch = np.empty(native.shape, native.dtype)
+        if read_native(item.path, native, scratch):
+            out = np.empty(native.shape, np.float32) if out is None else out
+            for plane, stored, view in zip(out, scratch, item.views):
+                rescale_into(plane, stored, view)
+            return out, scratch
+    ds = dcmread_capped(item.path, force=True)
+    decoded = np.stack([xy.T for xy in (frame_pixels(ds, item.views) if is_multiframe(ds) else [pixels(ds)])])
+    if out is not None:
+        out[...] = decoded
+    return (decoded if out is None else out), scratch
 
 
 def slice_index(datasets: list[pydicom.Dataset], volume: Volume) -> SliceIndex:

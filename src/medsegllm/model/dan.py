@@ -2,7 +2,7 @@
 
 Each scanner gets its own statistics and affine, so intensity/texture shifts between devices are
 normalized away; a shared branch, trained on a random share of every device's samples, serves
-devices never seen in training.
+devices never seen in training. The same layer serves 2D (BatchNorm2d) and 3D (BatchNorm3d) backbones.
 """
 
 from __future__ import annotations
@@ -44,11 +44,13 @@ class DomainAwareNorm(nn.Module):
     (trained on one or two series each) would move every device to its own place in feature space.
     """
 
-    def __init__(self, num_features: int, n_devices: int, router: DomainRouter, shared_affine: bool = False) -> None:
+    def __init__(self, num_features: int, n_devices: int, router: DomainRouter, shared_affine: bool = False,
+                 spatial_dims: int = 2) -> None:
         super().__init__()
         affine = not shared_affine
-        self.device_norms = nn.ModuleList(nn.BatchNorm2d(num_features, affine=affine) for _ in range(n_devices))
-        self.shared_norm = nn.BatchNorm2d(num_features, affine=affine)
+        batch_norm = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[spatial_dims]
+        self.device_norms = nn.ModuleList(batch_norm(num_features, affine=affine) for _ in range(n_devices))
+        self.shared_norm = batch_norm(num_features, affine=affine)
         self._router = router
         if shared_affine:
             self.weight = nn.Parameter(torch.ones(num_features))
@@ -57,7 +59,7 @@ class DomainAwareNorm(nn.Module):
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
 
-    def branch(self, index: int) -> nn.BatchNorm2d:
+    def branch(self, index: int) -> nn.BatchNorm2d | nn.BatchNorm3d:
         return self.shared_norm if index < 0 else self.device_norms[index]
 
     def _branch_forward(self, index: int, x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +74,8 @@ class DomainAwareNorm(nn.Module):
         out = self._normalize(x)
         if self.weight is None:
             return out
-        return out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return out * self.weight.view(shape) + self.bias.view(shape)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         route = self._router.route
@@ -89,11 +92,12 @@ class DomainAwareNorm(nn.Module):
 
 
 def replace_batchnorm(module: nn.Module, n_devices: int, router: DomainRouter, shared_affine: bool = False) -> int:
-    """Swap every BatchNorm2d under `module` for a DomainAwareNorm; returns how many were swapped."""
+    """Swap every BatchNorm2d/3d under `module` for a DomainAwareNorm of its dimension; returns how many."""
     count = 0
     for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            setattr(module, name, DomainAwareNorm(child.num_features, n_devices, router, shared_affine))
+        if isinstance(child, (nn.BatchNorm2d, nn.BatchNorm3d)):
+            dims = 3 if isinstance(child, nn.BatchNorm3d) else 2
+            setattr(module, name, DomainAwareNorm(child.num_features, n_devices, router, shared_affine, dims))
             count += 1
         else:
             count += replace_batchnorm(child, n_devices, router, shared_affine)

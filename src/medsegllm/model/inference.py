@@ -1,4 +1,8 @@
-"""Slice-wise inference on whole volumes: class probabilities and pooled bottleneck features."""
+"""Inference on whole volumes: class probabilities and pooled bottleneck features.
+
+A 2D model runs over axial slices, a 3D model (`train.spatial_dims: 3`) over the whole volume;
+both through MONAI's sliding_window_inference at the model's ROI, with the same precision handling.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,10 @@ from torch import nn
 def _slices(volume: np.ndarray, device: torch.device) -> torch.Tensor:
     """(X,Y,Z) volume -> (Z,1,X,Y) axial slices."""
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume.astype(np.float32), 2, 0)))[:, None].to(device)
+
+
+def _is_3d(model: nn.Module) -> bool:
+    return len(model.roi_size) == 3
 
 
 def _device_tensor(model: nn.Module, device_id: str, n: int, device: torch.device) -> torch.Tensor:
@@ -38,18 +46,26 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
 
 def predict_volume(model: nn.Module, volume: np.ndarray, device_id: str, batch_size: int = 32,
                    precision: str = "auto") -> np.ndarray:
-    """Softmax probabilities (C,X,Y,Z) from sliding-window inference over axial slices.
+    """Softmax probabilities (C,X,Y,Z) from sliding-window inference over axial slices (2D model)
+    or over the volume (3D model).
 
+    `batch_size` is slices per call and windows per forward (2D), or windows per forward (3D).
     A device not seen in training is routed through DAN's shared path; the baseline ignores it.
     Windows are blended in fp32 whatever the compute precision.
     """
     model.eval()
     device = next(model.parameters()).device
-    slices = _slices(volume, device)
 
     def predictor(window: torch.Tensor) -> torch.Tensor:
         return model(window, _device_tensor(model, device_id, window.shape[0], device)).float()
 
+    if _is_3d(model):
+        image = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None].to(device)
+        with torch.inference_mode(), autocast_for(device, precision):
+            logits = sliding_window_inference(image, roi_size=model.roi_size, sw_batch_size=batch_size,
+                                              predictor=predictor, overlap=0.25, mode="gaussian")
+            return np.ascontiguousarray(torch.softmax(logits.float(), dim=1)[0].cpu().numpy())
+    slices = _slices(volume, device)
     outputs = []
     with torch.inference_mode(), autocast_for(device, precision):
         for start in range(0, slices.shape[0], batch_size):
@@ -63,15 +79,25 @@ def predict_volume(model: nn.Module, volume: np.ndarray, device_id: str, batch_s
 
 
 def bottleneck_features(model: nn.Module, volume: np.ndarray, device_id: str, batch_size: int = 32) -> np.ndarray:
-    """Globally average-pooled bottleneck features per axial slice (Z,F), for cross-device JS.
+    """Bottleneck features average-pooled over each axial plane, for cross-device JS.
 
-    Whole slices are zero-padded to a multiple of the network's total stride instead of windowed,
-    so each slice gives one feature vector.
+    Whole slices (2D) or the whole volume (3D) are zero-padded to a multiple of the network's total
+    stride instead of windowed; a volume is also padded to at least the ROI, since volumes are often
+    thinner than a window in z and a 1-voxel bottleneck cannot be instance-normalized. A 2D model
+    gives one vector per slice (Z,F); a 3D model one per axial level of its bottleneck
+    (ceil(max(Z, roi_z) / total_stride), F), each covering `total_stride` slices.
     """
     model.eval()
     device = next(model.parameters()).device
-    slices = _slices(volume, device)
     stride = model.total_stride
+    if _is_3d(model):
+        image = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None].to(device)
+        target = [max(n, r) + (-max(n, r)) % stride for n, r in zip(image.shape[2:], model.roi_size)]
+        image = F.pad(image, [p for n, m in zip(reversed(image.shape[2:]), reversed(target)) for p in (0, m - n)])
+        with torch.no_grad():
+            bottleneck = model.outputs(image, _device_tensor(model, device_id, 1, device))["bottleneck"]
+        return bottleneck.float().mean(dim=(2, 3))[0].T.cpu().numpy()  # (Z', F)
+    slices = _slices(volume, device)
     pad_x = (-slices.shape[2]) % stride
     pad_y = (-slices.shape[3]) % stride
     slices = F.pad(slices, (0, pad_y, 0, pad_x))

@@ -10,7 +10,7 @@ from monai.losses import DiceCELoss, DiceLoss
 def seg_loss(
     logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor, voxel_weight: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Dice + class-weighted CE; `voxel_weight` (B,H,W) down-weights uncertain pseudo-label voxels.
+    """Dice + class-weighted CE; `voxel_weight` (B,H,W) or (B,X,Y,Z) down-weights uncertain pseudo-label voxels.
 
     Without voxel weights this is MONAI's DiceCELoss. With them, CE is a weighted mean and Dice is
     computed on weight-masked probabilities and one-hot targets, so weight-0 voxels do not count.
@@ -29,7 +29,7 @@ def seg_loss(
     ce = (ce * w).sum() / denom
     n_classes = logits.shape[1]
     probs = torch.softmax(logits, dim=1) * w[:, None]
-    onehot = F.one_hot(target.long(), n_classes).permute(0, 3, 1, 2).float() * w[:, None]
+    onehot = F.one_hot(target.long(), n_classes).movedim(-1, 1).float() * w[:, None]
     dice = DiceLoss(weight=class_weights, batch=True)(probs, onehot)
     return dice + ce
 

@@ -4,7 +4,8 @@ The head scores each pixel by cosine similarity to the frozen class-prompt embed
 classes live in the text space of the reports (which the alignment loss shapes) while inference
 needs no report. The cosine is computed in factored form (linear projection folded into the
 prompts, norm via a Gram matrix) so the 384-d pixel embeddings are never materialized in the
-training loop; `pixel_embeddings` gives them explicitly when wanted.
+training loop; `pixel_embeddings` gives them explicitly when wanted. Every backbone is built 2D
+(axial slices) or 3D (patches) by `train.spatial_dims`; the head is written for either.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ class _Base(nn.Module):
 
     @property
     def total_stride(self) -> int:
-        """How much the backbone downsamples: whole-slice inputs must be padded to a multiple of it."""
+        """How much the backbone downsamples (on every axis): whole-slice or whole-volume inputs must be
+        padded to a multiple of it."""
         if self.train_params.backbone == "swinunetr":
             return SWIN_STRIDE
         return 2 ** (len(self.train_params.channels) - 1)
@@ -154,14 +156,14 @@ class MedSegNet(_Base):
             for parent, name in stages[:-1][:2]:
                 setattr(parent, name, nn.Sequential(getattr(parent, name), ProgressiveDomainMixing(self.router, train.pdm.beta)))
         text_dim = class_prompts.shape[1]
-        self.proj = nn.Conv2d(n_features, text_dim, kernel_size=1)
+        self.proj = (nn.Conv2d if train.spatial_dims == 2 else nn.Conv3d)(n_features, text_dim, kernel_size=1)
         self.register_buffer("class_prompts", F.normalize(torch.as_tensor(np.asarray(class_prompts), dtype=torch.float32), dim=1))
         self.register_buffer("subtype_prompts", F.normalize(torch.as_tensor(np.asarray(subtype_prompts), dtype=torch.float32), dim=1))
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.class_bias = nn.Parameter(torch.zeros(class_prompts.shape[0]))
 
     def outputs(self, x: torch.Tensor, device_idx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """logits (B,C,H,W), features (B,F,H,W), embedding norms (B,H,W) and the bottleneck map."""
+        """logits (B,C,*S), features (B,F,*S), embedding norms (B,*S) and the bottleneck map; S is (H,W) or (X,Y,Z)."""
         if device_idx is None:
             device_idx = torch.full((x.shape[0],), -1, dtype=torch.long)
         self.router.set(device_idx.to(x.device), self.training, self.train_params.dan.shared_prob)
@@ -169,29 +171,31 @@ class MedSegNet(_Base):
         weight = self.proj.weight.flatten(1).float()  # (D, F)
         bias = self.proj.bias.float()
         f = features.float()
-        gram_f = torch.einsum("fg,bghw->bfhw", weight.T @ weight, f)
-        sq = (f * gram_f).sum(1) + 2 * torch.einsum("f,bfhw->bhw", weight.T @ bias, f) + bias @ bias
+        channel = (1, -1) + (1,) * (f.dim() - 2)  # broadcasts a per-class vector over (B, C, *S)
+        gram_f = torch.einsum("fg,bg...->bf...", weight.T @ weight, f)
+        sq = (f * gram_f).sum(1) + 2 * torch.einsum("f,bf...->b...", weight.T @ bias, f) + bias @ bias
         norm = sq.clamp_min(1e-12).sqrt()
         prompt_w = self.class_prompts @ weight  # (C, F)
-        dot = torch.einsum("cf,bfhw->bchw", prompt_w, f) + (self.class_prompts @ bias)[None, :, None, None]
+        dot = torch.einsum("cf,bf...->bc...", prompt_w, f) + (self.class_prompts @ bias).view(channel)
         scale = self.log_scale.clamp(max=math.log(100.0)).exp()
-        logits = scale * dot / norm[:, None] + self.class_bias[None, :, None, None]
+        logits = scale * dot / norm[:, None] + self.class_bias.view(channel)
         return {"logits": logits, "features": f, "norm": norm, "bottleneck": self._bottleneck}
 
     def pixel_embeddings(self, features: torch.Tensor) -> torch.Tensor:
-        """Explicit L2-normalized 384-d pixel embeddings (B,D,H,W)."""
+        """Explicit L2-normalized 384-d pixel embeddings (B,D,*S)."""
         return F.normalize(self.proj(features), dim=1)
 
     def pooled_embedding(self, out: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-        """Mean of the normalized pixel embeddings over `mask` (B,H,W), renormalized: (B,D).
+        """Mean of the normalized pixel embeddings over `mask` (B,*S), renormalized: (B,D).
 
         Exact and cheap: the mean of (W f + b) / |W f + b| is W g + b h with mask-weighted means g, h.
         """
         m = mask.float()
-        count = m.sum(dim=(1, 2)).clamp_min(1.0)
+        spatial = tuple(range(1, m.dim()))
+        count = m.sum(dim=spatial).clamp_min(1.0)
         inv = m / out["norm"]
-        g = torch.einsum("bhw,bfhw->bf", inv, out["features"]) / count[:, None]
-        h = inv.sum(dim=(1, 2)) / count
+        g = torch.einsum("b...,bf...->bf", inv, out["features"]) / count[:, None]
+        h = inv.sum(dim=spatial) / count
         weight = self.proj.weight.flatten(1).float()
         return F.normalize(g @ weight.T + h[:, None] * self.proj.bias.float()[None], dim=1)
 

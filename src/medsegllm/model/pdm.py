@@ -48,10 +48,12 @@ class ProgressiveDomainMixing(nn.Module):
         if torch.rand(1).item() >= self.probability:
             return x
         partner = cross_device_partners(device_idx)
-        mu = x.mean(dim=(2, 3), keepdim=True).detach()
-        sig = (x.var(dim=(2, 3), keepdim=True) + self.eps).sqrt().detach()
-        lam = torch.distributions.Beta(self.beta, self.beta).sample((x.shape[0], 1, 1, 1)).to(x)
-        lam = torch.where((partner == torch.arange(x.shape[0], device=x.device)).view(-1, 1, 1, 1), 1.0, lam)
+        spatial = tuple(range(2, x.dim()))  # (H, W) or (X, Y, Z): instance statistics per channel
+        ones = (1,) * (x.dim() - 1)
+        mu = x.mean(dim=spatial, keepdim=True).detach()
+        sig = (x.var(dim=spatial, keepdim=True) + self.eps).sqrt().detach()
+        lam = torch.distributions.Beta(self.beta, self.beta).sample((x.shape[0], *ones)).to(x)
+        lam = torch.where((partner == torch.arange(x.shape[0], device=x.device)).view(-1, *ones), 1.0, lam)
         mu_mix = lam * mu + (1 - lam) * mu[partner]
         sig_mix = lam * sig + (1 - lam) * sig[partner]
         return (x - mu) / sig * sig_mix + mu_mix

@@ -30,6 +30,7 @@ CHALLENGER = "challenger"
 ARTIFACTS = ("report.html", "metrics.json", "per_device.csv", "per_modality.csv", "lesion_detection.csv",
              "gate.json", "validation.json")
 PLOTS = "plots"  # the report's figures as PNG files
+TRAINING_RUN_TAG = "training_run_id"  # on the registration run and the model version
 _LOWER_IS_BETTER = ("hd95", "js_", "gap")
 
 
@@ -117,11 +118,28 @@ def tracking_uri_set(uri: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _experiment_id(client, name: str, location: str | None) -> str:
+def experiment_id_for(client, name: str, location: str | None) -> str:
+    """The id of experiment `name`, created (artifacts at `location`) when missing; train and register share it."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     return client.create_experiment(name, artifact_location=location)
+
+
+def _training_link(client, training_run_id: str | None, experiment_id: str) -> dict[str, str]:
+    """Tags that lead from the registration run to the training run (`train.mlflow`) in this store:
+    `training_run_id`, and MLflow's parent tag when both share the experiment (nested in the UI)."""
+    from mlflow.exceptions import MlflowException
+
+    if not training_run_id:
+        return {}
+    try:
+        training = client.get_run(training_run_id)
+    except MlflowException:
+        log.warning("training run %s is not in this tracking store: the registration is not linked to it", training_run_id)
+        return {}
+    link = {TRAINING_RUN_TAG: training_run_id}
+    return {**link, "mlflow.parentRunId": training_run_id} if training.info.experiment_id == experiment_id else link
 
 
 def _current_champion(client, model_name: str):
@@ -156,7 +174,7 @@ def run_register(model_path: Path, validation_dir: Path, out_dir: Path, params: 
     uri = resolve_tracking_uri(cfg.tracking_uri, base_dir)
     ensure_sqlite_store(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment_id = _experiment_id(client, cfg.experiment, artifact_location(uri))
+    experiment_id = experiment_id_for(client, cfg.experiment, artifact_location(uri))
 
     model, meta = load_model(model_path)
     exported = ExportedSegmenter(model).eval()
@@ -175,6 +193,7 @@ def run_register(model_path: Path, validation_dir: Path, out_dir: Path, params: 
         "variant": str(meta.get("variant")),
         "validation_data_hash": data_hash,
         "medsegllm_version": __version__,
+        **_training_link(client, meta.get("mlflow_run_id"), experiment_id),
     }
     with tracking_uri_set(uri), mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
         mlflow.log_params(run_params)
@@ -195,8 +214,9 @@ def run_register(model_path: Path, validation_dir: Path, out_dir: Path, params: 
         )
         run_id = run.info.run_id
     version = str(model_info.registered_model_version)
-    for key in ("validation_data_hash", "variant", "kb_version", "prompt_version"):
-        client.set_model_version_tag(cfg.model_name, version, key, tags[key])
+    for key in ("validation_data_hash", "variant", "kb_version", "prompt_version", TRAINING_RUN_TAG):
+        if key in tags:
+            client.set_model_version_tag(cfg.model_name, version, key, tags[key])
 
     alias, previous, reason = _choose_alias(client, cfg.model_name, metric_name, float(metric), data_hash)
     client.set_registered_model_alias(cfg.model_name, alias, version)
@@ -210,6 +230,7 @@ def run_register(model_path: Path, validation_dir: Path, out_dir: Path, params: 
         "metric": float(metric),
         "previous_champion_version": previous,
         "run_id": run_id,
+        "training_run_id": tags.get(TRAINING_RUN_TAG),
         "model_uri": f"models:/{cfg.model_name}@{alias}",
         "tracking_uri": uri,
     }

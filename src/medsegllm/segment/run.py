@@ -31,6 +31,7 @@ from medsegllm.ingest.series import decode_series
 from medsegllm.ingest.standardize import apply_map, series_map
 from medsegllm.knowledge import SEG_CLASSES
 from medsegllm.model.inference import predict_volume
+from medsegllm.model.postprocess import label_map
 from medsegllm.segment.dicomseg import present_classes, write_seg
 from medsegllm.segment.source import ModelUnavailable, load_segmenter
 
@@ -76,7 +77,8 @@ def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str,
     predict_start = time.perf_counter()
     probs = predict_volume(model, harmonized, device)
     predict_seconds = time.perf_counter() - predict_start
-    label = to_source_grid(np.argmax(probs, axis=0).astype(np.uint8), affine, volume.array.shape, volume.affine)
+    spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    label = to_source_grid(label_map(probs, spacing, model.train_params.postprocess), affine, volume.array.shape, volume.affine)
     nifti = f"{series_id}.nii.gz"
     save_nifti(out_dir / nifti, label, volume.affine)
     row = {

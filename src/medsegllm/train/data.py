@@ -1,8 +1,10 @@
-"""Training samples: 2D axial slices of labelled and pseudo-labelled train-split series.
+"""Training samples: 2D axial slices or 3D patches of labelled and pseudo-labelled train-split series.
 
 Demo volumes are tiny, so every series is loaded into memory once and batches are cut from it
 with numpy (crop/pad to the ROI, flips, lesion-slice oversampling), which is faster than a
-transform pipeline at this size.
+transform pipeline at this size. Both modes draw from one index of axial slices: a 2D sample is
+a crop of the drawn slice, a 3D sample a patch that contains it (so series are drawn in
+proportion to their depth, and lesion oversampling works the same way).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class SeriesData:
 class TrainSamples:
     series: list[SeriesData]
     device_ids: list[str]
-    slices: np.ndarray  # (N,2) rows of (series index, z)
+    slices: np.ndarray  # (N,2) rows of (series index, z): the slice a 2D crop is cut from / a 3D patch contains
     lesion_slices: np.ndarray  # indices into `slices` whose (pseudo)label has usable lesion voxels
     text_dim: int
 
@@ -150,16 +152,16 @@ def _crop_start(size: int, roi: int, rng: np.random.Generator, focus: int | None
     return int(rng.integers(lo, hi + 1))
 
 
-def _crop(array: np.ndarray, roi: tuple[int, int], start: tuple[int, int], fill: float) -> np.ndarray:
-    """Cut an roi-sized window at `start`, padding with `fill` where the slice is smaller."""
+def _crop(array: np.ndarray, roi: tuple[int, ...], start: tuple[int, ...], fill: float) -> np.ndarray:
+    """Cut an roi-sized window at `start`, padding with `fill` where the slice (or volume) is smaller."""
     out = np.full(roi, fill, dtype=array.dtype)
-    part = array[start[0] : start[0] + roi[0], start[1] : start[1] + roi[1]]
-    out[: part.shape[0], : part.shape[1]] = part
+    part = array[tuple(slice(s, s + r) for s, r in zip(start, roi))]
+    out[tuple(slice(0, n) for n in part.shape)] = part
     return out
 
 
 def augment_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random gamma, contrast, brightness and noise on a [0,1] slice: scanners differ in exactly these."""
+    """Random gamma, contrast, brightness and noise on a [0,1] slice or patch: scanners differ in exactly these."""
     out = np.clip(image, 0.0, 1.0) ** np.exp(rng.uniform(-0.35, 0.35))
     out = (out - 0.5) * rng.uniform(0.85, 1.15) + 0.5 + rng.uniform(-0.06, 0.06)
     out = out + rng.normal(0.0, rng.uniform(0.0, 0.03), size=out.shape)
@@ -169,14 +171,17 @@ def augment_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray
 def sample_batch(
     samples: TrainSamples,
     batch_size: int,
-    roi: tuple[int, int],
+    roi: tuple[int, ...],
     lesion_share: float,
     rng: np.random.Generator,
     intensity_aug: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """A random batch: `lesion_share` of it from lesion slices (cropped around a lesion voxel).
 
-    `intensity_aug` is the chance per slice of a random intensity change (`augment_intensity`).
+    `roi` (x, y) cuts 2D slice crops: image (B,1,X,Y), label and weight (B,X,Y); `roi` (x, y, z)
+    cuts 3D patches containing the drawn slice: image (B,1,X,Y,Z), label and weight (B,X,Y,Z).
+    Flips are in-plane only (x, y) in both modes. `intensity_aug` is the chance per sample of a
+    random intensity change (`augment_intensity`).
     """
     n_lesion = int(round(lesion_share * batch_size)) if len(samples.lesion_slices) else 0
     picks = np.concatenate(
@@ -185,18 +190,23 @@ def sample_batch(
     images, labels, weights = [], [], []
     meta = {"device": [], "study": [], "subtype": [], "pseudo": [], "has_text": []}
     text = np.zeros((batch_size, max(samples.text_dim, 1)), dtype=np.float32)
+    volumetric = len(roi) == 3
     for b, k in enumerate(picks):
         si, z = samples.slices[k]
         s = samples.series[si]
-        image, label = s.image[:, :, z], s.label[:, :, z]
-        weight = np.ones_like(image) if s.weight is None else s.weight[:, :, z]
-        focus = (None, None)
+        image, label = (s.image, s.label) if volumetric else (s.image[:, :, z], s.label[:, :, z])
+        weight = s.weight if s.weight is None or volumetric else s.weight[:, :, z]
+        focus: tuple[int | None, ...] = (None, None, int(z)) if volumetric else (None, None)
         if b < n_lesion:
-            xs, ys = np.nonzero((label == LESION_CLASS) & (weight > 0))
+            usable = s.label[:, :, z] == LESION_CLASS
+            if s.weight is not None:
+                usable &= s.weight[:, :, z] > 0
+            xs, ys = np.nonzero(usable)
             j = int(rng.integers(len(xs)))
-            focus = (int(xs[j]), int(ys[j]))
-        start = (_crop_start(image.shape[0], roi[0], rng, focus[0]), _crop_start(image.shape[1], roi[1], rng, focus[1]))
-        crops = [_crop(image, roi, start, 0.0), _crop(label, roi, start, 0), _crop(weight.astype(np.float32), roi, start, 1.0)]
+            focus = (int(xs[j]), int(ys[j]), *focus[2:])
+        start = tuple(_crop_start(image.shape[a], roi[a], rng, focus[a]) for a in range(len(roi)))
+        crops = [_crop(image, roi, start, 0.0), _crop(label, roi, start, 0),
+                 np.ones(roi, np.float32) if weight is None else _crop(weight, roi, start, 1.0).astype(np.float32, copy=False)]
         for axis in (0, 1):
             if rng.random() < 0.5:
                 crops = [np.flip(c, axis) for c in crops]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from tqdm import tqdm
 from medsegllm.common.io import atomic_path
 from medsegllm.config import Params
 from medsegllm.knowledge import LESION_CLASS
+from medsegllm.model.inference import autocast_for, bf16_supported
 from medsegllm.model.losses import class_kl, info_nce, seg_loss, subtype_logits, text_distribution
 from medsegllm.model.pdm import pdm_probability, set_pdm_probability
 from medsegllm.train import distributed
@@ -36,6 +36,13 @@ def resolve_device(choice: str) -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def resolve_precision(choice: str, device: torch.device) -> str:
+    """'auto' is bf16 where the hardware runs it natively (CUDA, AVX-512 BF16 CPUs), else fp32: emulated bf16 is slower."""
+    if choice == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    return choice
 
 
 def _study_means(emb: torch.Tensor, text: torch.Tensor, study: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +68,10 @@ def compute_losses(model: nn.Module, batch: dict[str, torch.Tensor], params: Par
     if labelled.any():
         losses["loss_seg"] = seg_loss(logits[labelled], batch["label"][labelled], class_weights)
     if not baseline and train.pseudolabels.enabled and pseudo.any():
-        losses["loss_pseudo"] = seg_loss(logits[pseudo], batch["label"][pseudo], class_weights, batch["weight"][pseudo])
+        target, weight = batch["label"][pseudo], batch["weight"][pseudo]
+        if train.pseudolabels.lesion_weight != 1.0:
+            weight = torch.where(target == LESION_CLASS, weight * train.pseudolabels.lesion_weight, weight)
+        losses["loss_pseudo"] = seg_loss(logits[pseudo], target, class_weights, weight)
     use_align = not baseline and train.alignment.enabled
     use_kl = not baseline and train.kl.enabled
     if use_align or use_kl:
@@ -130,7 +140,10 @@ def train_model(
 
     `refresh` keeps an EMA teacher of `model` and re-labels the pseudo-labelled samples (`train.pseudolabels.refresh_every`).
 
-    Returns the last epoch's log row plus `steps` and `step_seconds` (mean wall time per step).
+    `train.precision` picks the compute precision (`resolve_precision`); the optimizer state and the
+    weights stay fp32.
+
+    Returns the last epoch's log row plus `steps`, `precision` and `step_seconds` (mean wall time per step).
     """
     train = params.train
     out_dir = Path(out_dir)
@@ -145,9 +158,14 @@ def train_model(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model.to(device)
-    if cuda:
-        model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=1e-4)
+    precision = resolve_precision(train.precision, device)
+    # oneDNN's bf16 convolutions (and cuDNN's) want channels-last; fp32 on CPU keeps the default layout
+    channels_last = (torch.channels_last_3d if train.spatial_dims == 3 else torch.channels_last) \
+        if cuda or precision == "bf16" else None
+    if channels_last is not None:
+        model.to(memory_format=channels_last)
+    # fused: one kernel for all parameters instead of a loop of small ops per tensor
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=1e-4, fused=True)
     total_steps = train.epochs * train.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     if refresh is not None:
@@ -166,9 +184,8 @@ def train_model(
             refresh.load_state_dict(state["refresh"])
         if ranks.main:
             _write_log(log_path, rows)  # a kill can land between the checkpoint and the log write
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     step = distributed.training_step(model, partial(compute_losses, params=params), ranks, device, train.compile)
-    step_times: list[float] = []
+    loop_seconds = 0.0
     bar = tqdm(total=total_steps, initial=start_epoch * train.steps_per_epoch, file=sys.stderr, desc="train", leave=False,
                disable=not ranks.main)
     for epoch in range(start_epoch, train.epochs):
@@ -176,16 +193,16 @@ def train_model(
         p = pdm_probability(epoch, train.pdm) if train.variant == "medsegllm" else 0.0
         set_pdm_probability(model, p)
         model.train()
-        sums = dict.fromkeys(LOSS_KEYS, 0.0)
+        # losses stay on the device until the epoch ends: no host sync per step
+        sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64, device=device)
         for _ in range(train.steps_per_epoch):
-            ts = time.perf_counter()
             batch = sample_batch(
                 samples, train.batch_size, tuple(train.roi_size), train.lesion_oversample, rng, train.intensity_aug
             )
             batch = {k: v.to(device) for k, v in batch.items()}
-            if cuda:
-                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-            with autocast:
+            if channels_last is not None:
+                batch["image"] = batch["image"].contiguous(memory_format=channels_last)
+            with autocast_for(device, precision):
                 losses = step(batch)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
@@ -193,12 +210,11 @@ def train_model(
             scheduler.step()
             if refresh is not None:
                 refresh.update(model)
-            values = {k: float(losses[k].detach()) for k in LOSS_KEYS}
-            for k in LOSS_KEYS:
-                sums[k] += values[k]
-            step_times.append(time.perf_counter() - ts)
+            sums += torch.stack([losses[k].detach() for k in LOSS_KEYS]).double()
             bar.update(1)
-            bar.set_postfix(loss=f"{values['loss']:.3f}")
+        sums = dict(zip(LOSS_KEYS, sums.tolist()))
+        loop_seconds += time.perf_counter() - t0
+        bar.set_postfix(loss=f"{sums['loss'] / train.steps_per_epoch:.3f}")
         sums = distributed.average(sums, ranks)  # the epoch's losses over every rank's batches
         row = {"epoch": epoch + 1, **{k: v / train.steps_per_epoch for k, v in sums.items()}, "pdm_p": p,
                "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t0}
@@ -222,5 +238,6 @@ def train_model(
     if not rows:
         raise ValueError("no epochs to run")
     model.to(memory_format=torch.contiguous_format)
-    return {**rows[-1], "steps": len(rows) * train.steps_per_epoch,
-            "step_seconds": float(np.mean(step_times)) if step_times else None}
+    steps_run = (train.epochs - start_epoch) * train.steps_per_epoch
+    return {**rows[-1], "steps": len(rows) * train.steps_per_epoch, "precision": precision,
+            "step_seconds": loop_seconds / steps_run if steps_run else None}

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from medsegllm.common.deid import check_same_salt, resolve_salt
@@ -20,6 +22,7 @@ from medsegllm.train.data import build_samples, describe, load_prompts
 from medsegllm.train import distributed
 from medsegllm.train.engine import resolve_device, train_model
 from medsegllm.train.refresh import PseudoRefresh, pseudo_targets, write_rounds
+from medsegllm.train.tracking import TrainingRun, start_training_run
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,8 @@ def run_train(
 
     With pseudo-labels, `pseudo_rounds.csv` logs their rounds (`train.pseudolabels.refresh_every`);
     `truth_dir` (hidden truth, demo only) adds their Dice to it and nothing else.
+    With `train.mlflow`, rank 0 logs the training as an MLflow run (`train/tracking.py`), whose store
+    is checked before the first epoch; a resume continues that run.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -56,12 +61,26 @@ def run_train(
         refresh = PseudoRefresh(samples, pseudo_targets(ingest_dir, findings_dir, samples, params, truth), params, out_dir)
     else:
         write_rounds(out_dir, [])
-    with distributed.process_group(resolve_device(params.train.device)) as ranks:  # DDP under torchrun
-        result = train_model(model, samples, params, out_dir, resume=resume, refresh=refresh)
+    tracker: TrainingRun | None = None
+    if params.train.mlflow and os.environ.get("RANK", "0") == "0":  # torchrun's rank 0 alone logs
+        tracker = start_training_run(params, out_dir, resume)
+
+    def log_epoch(row: dict) -> None:
+        tracker.log_epoch(row, refresh.rows if refresh is not None else ())
+
+    try:
+        with distributed.process_group(resolve_device(params.train.device)) as ranks:  # DDP under torchrun
+            result = train_model(model, samples, params, out_dir, log_callback=log_epoch if tracker else None,
+                                 resume=resume, refresh=refresh)
+    except Exception:
+        if tracker is not None:
+            tracker.fail()
+        raise
+    run_id = {"mlflow_run_id": tracker.run_id} if tracker is not None else {}
     if ranks.main:
         # ingest's MR standardization travels with the model: `segment` must map new MR series the same way
         standardization = Path(ingest_dir) / STANDARDIZATION_FILE
-        extra = {"seed": params.seed,
+        extra = {"seed": params.seed, **run_id,  # the run id: `register` links the registered version to the training run
                  "mr_standardization": json.loads(standardization.read_text()) if standardization.exists() else None}
         save_checkpoint(out_dir / "model.pt", model, model_meta(model, list(SEG_CLASSES), extra))
     metrics = {
@@ -77,7 +96,11 @@ def run_train(
         "pseudo_rounds": len(refresh.rows) - 1 if refresh is not None else 0,
         **(_round_dice(refresh.rows) if refresh is not None else {}),
         "seconds": time.perf_counter() - t0,
+        **run_id,
     }
+    if tracker is not None:
+        tracker.finish(pd.read_csv(out_dir / "train_log.csv").to_dict("records"), refresh.rows if refresh is not None else [],
+                       metrics)
     if ranks.main:
         write_json(out_dir / "train_metrics.json", metrics)
     return metrics

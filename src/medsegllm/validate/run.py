@@ -20,8 +20,9 @@ import torch
 from medsegllm.common.deid import check_same_salt, resolve_salt
 from medsegllm.common.io import load_nifti, remove_partials, write_json, write_with
 from medsegllm.common.splits import assign_split
-from medsegllm.config import Params
+from medsegllm.config import Params, PostprocessParams
 from medsegllm.knowledge import SEG_CLASSES
+from medsegllm.model.postprocess import label_map
 from medsegllm.validate.divergence import device_histograms, feature_js, mean_pairwise_js
 from medsegllm.validate.metrics import (
     aggregate,
@@ -112,12 +113,12 @@ def _failure_table(gate: dict[str, Any]) -> str:
 
 
 def evaluate_series(
-    probs: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], lesion_class: int
+    probs: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], lesion_class: int, postprocess: PostprocessParams
 ) -> dict[str, Any]:
     """Dice/HD95 per foreground class, one row per reference lesion, false-positive lesions and
-    lesion presence (for study-level detection)."""
+    lesion presence (for study-level detection), on the label map `segment` would write."""
     n_classes = probs.shape[0]
-    pred = probs.argmax(axis=0).astype(np.uint8)
+    pred = label_map(probs, spacing, postprocess)
     lesions, false_positives = lesion_table(pred == lesion_class, ref == lesion_class, spacing)
     return {
         "pred": pred,
@@ -258,7 +259,7 @@ def run_validate(
                 continue
             ref = _load_reference(references[row.series_id], from_truth, params)
             probs = predict_volume(model, volume, row.device_id)
-            result = evaluate_series(probs, ref, tuple(row.spacing), lesion_class)
+            result = evaluate_series(probs, ref, tuple(row.spacing), lesion_class, model.train_params.postprocess)
             slices[row.series_id] = _case_slice(volume, ref, result["pred"], lesion_class)
             ids = {"series_id": row.series_id, "study_id": getattr(row, "study_id", None) or row.series_id,
                    "device_id": row.device_id, "modality": row.modality}
