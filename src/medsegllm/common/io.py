@@ -129,3 +129,8 @@ def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
     image = nib.load(str(path))
     return np.asarray(image.dataobj), np.asarray(image.affine)
+
+
+def spacing_of(affine: np.ndarray) -> np.ndarray:
+    """Voxel size (mm) along each array axis."""
+    return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)

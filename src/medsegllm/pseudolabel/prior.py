@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from medsegllm.common.io import spacing_of
 from medsegllm.knowledge import LESION_CLASS, SEG_CLASSES, SUBTYPES
 
 _NEGATED = {"negated", "absent", "no", "none", "ruled out", "excluded"}
@@ -19,11 +20,6 @@ _CERTAINTY = {"definite": 1.0, "certain": 1.0, "probable": 0.8, "likely": 0.8, "
 DEFAULT_SIZE_MM = 20.0
 CLIP_SIGMAS = 1.5  # parenchyma range kept by `conspicuity`; brighter or darker voxels are clipped to it
 ENHANCEMENT_SIGN = {"hyper": 1, "hypo": -1}  # knowledge-base enhancement -> sign of conspicuity; unknown: either
-
-
-def spacing_of(affine: np.ndarray) -> np.ndarray:
-    """Voxel size (mm) along each array axis."""
-    return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
 
 
 def certainty_weight(value: object) -> float:

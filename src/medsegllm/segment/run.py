@@ -20,7 +20,7 @@ from scipy.ndimage import affine_transform
 from torch import nn
 
 from medsegllm.common.deid import pseudonym
-from medsegllm.common.io import remove_partials, save_nifti, write_json, write_parquet
+from medsegllm.common.io import remove_partials, save_nifti, spacing_of, write_json, write_parquet
 from medsegllm.config import Params
 from medsegllm.ingest.geometry import SeriesError, build_volume
 from medsegllm.ingest.harmonize import harmonize_volume
@@ -77,8 +77,8 @@ def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str,
     predict_start = time.perf_counter()
     probs = predict_volume(model, harmonized, device)
     predict_seconds = time.perf_counter() - predict_start
-    spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
-    label = to_source_grid(label_map(probs, spacing, model.train_params.postprocess), affine, volume.array.shape, volume.affine)
+    label = to_source_grid(label_map(probs, tuple(spacing_of(affine)), model.train_params.postprocess), affine,
+                           volume.array.shape, volume.affine)
     nifti = f"{series_id}.nii.gz"
     save_nifti(out_dir / nifti, label, volume.affine)
     row = {
