@@ -11,11 +11,14 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from medsegllm.config import Params, load_params
+
+if TYPE_CHECKING:
+    from medsegllm.common.resources import Start
 
 app = typer.Typer(
     name="medsegllm",
@@ -337,7 +340,23 @@ def kfp_submit(
 
 
 def main() -> None:  # pragma: no cover - console entry point
-    app(prog_name="medsegllm")
+    from medsegllm.common.resources import Start
+
+    start = Start()
+    try:
+        app(prog_name="medsegllm")
+    finally:  # also after a failed gate: what a stage cost matters most when it fails
+        _record_usage(sys.argv[1:], start)
+
+
+def _record_usage(argv: list[str], start: Start) -> None:
+    """Log (and with MEDSEGLLM_RESOURCE_LOG, append) the command's wall time, CPU time and peak memory."""
+    words = [arg for arg in argv if not arg.startswith("-")]
+    if not words or "--help" in argv:
+        return
+    from medsegllm.common.resources import record_usage
+
+    record_usage(" ".join(words[:2]) if words[0] in ("check", "kfp") else words[0], argv, start)
 
 
 if __name__ == "__main__":  # pragma: no cover

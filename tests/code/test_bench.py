@@ -16,7 +16,7 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path) -> None:
     out_md, out_json = tmp_path / "BENCHMARKS.md", tmp_path / "bench" / "results.json"
     main(["--slices", "6", "--size", "48", "--reps", "1", "--train-steps", "1", "--batch-size", "4",
           "--train-series", "2", "--train-shape", "40", "40", "4", "--infer-shape", "40", "40", "3",
-          "--infer-reps", "1", "--channels", "8", "16", "--data-dir", str(tmp_path / "no-demo"), "--gpu-json", str(tmp_path / "no-gpu.json"),
+          "--infer-reps", "1", "--channels", "8", "16", "--no-pipeline", "--data-dir", str(tmp_path / "no-demo"), "--gpu-json", str(tmp_path / "no-gpu.json"),
           "--out-md", str(out_md), "--out-json", str(out_json)])
     results = json.loads(out_json.read_text())
     assert {"machine", "ingest", "devices", "demo", "command"} <= set(results)
@@ -36,6 +36,7 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path) -> None:
     for section in SECTIONS:
         assert section in text
     assert "No complete demo run found" in text
+    assert "Not run (`--no-pipeline`)" in text
     assert "No GPU run recorded" in text
     assert render(results) == text
 

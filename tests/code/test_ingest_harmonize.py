@@ -25,6 +25,32 @@ def test_image_and_label_land_on_one_ras_grid():
     assert int(label.sum()) * 2 * 2 * 3 == pytest.approx(int((array > 0).sum()) * 1.5, rel=0.2)  # mm^3 kept
 
 
+def _lps_affine(rotation: np.ndarray, spacing: list[float], origin: list[float]) -> np.ndarray:
+    affine = np.eye(4)
+    affine[:3, :3], affine[:3, 3] = rotation * np.asarray(spacing), origin
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+
+
+@pytest.mark.parametrize("rotation", [np.eye(3), np.array([[0.0, 0, 1], [1, 0, 0], [0, -1, 0]]),  # axial, sagittal
+                                      np.linalg.qr(np.random.default_rng(3).normal(size=(3, 3)))[0]])  # oblique
+def test_stacked_slice_layout_resamples_like_a_c_ordered_volume(rotation):
+    """Ingest's F-contiguous (X, Y, Z) volumes take the transposed path in _resample; same grid, same labels,
+    intensities equal to float rounding, whatever the orientation."""
+    rng = np.random.default_rng(0)
+    stacked = rng.normal(100.0, 50.0, size=(30, 40, 36)).astype(np.float32).transpose(2, 1, 0)  # (X, Y, Z) of (Z, Y, X)
+    assert stacked.flags.f_contiguous and not stacked.flags.c_contiguous
+    c_ordered = np.ascontiguousarray(stacked)
+    affine = _lps_affine(rotation, [0.8, 0.9, 1.7], [-12.0, 7.0, 30.0])
+    params = IngestParams(target_spacing=(2.0, 2.5, 3.0))
+    (fast, fast_affine), (ref, ref_affine) = (harmonize_volume(a, affine, "CT", params) for a in (stacked, c_ordered))
+    assert fast.shape == ref.shape and fast.flags.c_contiguous
+    np.testing.assert_allclose(fast_affine, ref_affine, atol=1e-9)
+    np.testing.assert_allclose(fast, ref, atol=1e-6)
+    mask = stacked > 120.0
+    (fast_label, _), (ref_label, _) = (harmonize_label(m, affine, params) for m in (mask, np.ascontiguousarray(mask)))
+    np.testing.assert_array_equal(fast_label, ref_label)
+
+
 def test_ct_window_maps_hu_to_unit_interval():
     array = np.array([-1000.0, -160.0, 40.0, 240.0, 3000.0], dtype=np.float32).reshape(5, 1, 1)
     params = IngestParams(target_spacing=(1.0, 1.0, 1.0))

@@ -46,7 +46,7 @@ def test_sorted_decode_equals_pydicom_and_is_not_copied(series):
     volume, reference = build_volume(datasets, slices), _reference(series)
     np.testing.assert_array_equal(volume.array, reference.array)
     np.testing.assert_array_equal(volume.affine, reference.affine)
-    assert volume.array.dtype == np.float32 and volume.array.flags.c_contiguous
+    assert volume.array.dtype == np.float32 and volume.array.flags.f_contiguous
     assert volume.order == list(range(len(series)))  # decode already sorted the slices by position
     assert np.shares_memory(volume.array, slices)  # and build_volume used its volume as is
     positions = [float(ds.ImagePositionPatient[2]) for ds in datasets]
@@ -55,10 +55,10 @@ def test_sorted_decode_equals_pydicom_and_is_not_copied(series):
 
 def test_stack_slices_orders_any_list():
     rng = np.random.default_rng(0)
-    planes = [rng.normal(size=(20, 37)).astype(np.float32) for _ in range(40)]  # (X, Y), more than one tile
+    planes = [rng.normal(size=(20, 37)).astype(np.float32) for _ in range(40)]  # (X, Y)
     order = list(rng.permutation(40))
     np.testing.assert_array_equal(stack_slices(planes, order), np.stack([planes[i] for i in order], axis=-1))
-    assert stack_slices(planes, order).flags.c_contiguous
+    assert stack_slices(planes, order).flags.f_contiguous  # each slice one stored plane: nothing transposed
 
 
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])

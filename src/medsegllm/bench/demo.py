@@ -113,7 +113,8 @@ PAPER = {
 # Table columns: name -> where a run's value comes from (validation metrics unless noted).
 COLUMNS = {
     "dice": "dice_mean", "dice_ct": "per_modality:CT", "dice_mr": "per_modality:MR",
-    "dice_seen": "dice_seen_devices", "dice_holdout": "dice_holdout_devices", "dice_lesion": "dice_lesion",
+    "dice_seen": "dice_seen_devices", "dice_holdout": "dice_holdout_devices", "dice_liver": "dice_liver",
+    "dice_kidney": "dice_kidney", "dice_lesion": "dice_lesion",
     "js_features": "js_features", "pseudo_dice_final": "train:pseudo_dice_lesion_tumour_last",
     "lesions_fp": "lesions_false_positive",
 }

@@ -17,6 +17,7 @@ import torch
 from medsegllm.bench.demo import read_demo, run_paper_table
 from medsegllm.bench.ingest import bench_ingest
 from medsegllm.bench.model import bench_models
+from medsegllm.bench.pipeline import bench_pipeline
 from medsegllm.bench.report import render
 from medsegllm.bench.reports import bench_reports
 from medsegllm.bench.timing import machine_info
@@ -42,7 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--infer-reps", type=int, default=9, help="timed inference repetitions (median)")
     parser.add_argument("--channels", type=int, nargs="+", default=None,
                         help="U-Net channels (default: params train.channels)")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="demo pipeline outputs to report")
+    parser.add_argument("--no-pipeline", action="store_true",
+                        help="skip the timed `dvc repro` in a fresh copy of the project and use --data-dir's outputs")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"),
+                        help="with --no-pipeline: the outputs of an earlier `make run` to report")
     parser.add_argument("--reports-backends", nargs="*", default=["rules", "smollm2"],
                         help="description backends to time on the demo cohort's reports (cold and warm cache)")
     parser.add_argument("--seeds", type=int, default=3,
@@ -80,7 +84,6 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
         "machine": machine_info(),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "json_path": str(args.out_json),
-        "data_dir": str(args.data_dir),
     }
     with tempfile.TemporaryDirectory(prefix="medsegllm-bench-", dir=args.workdir) as work:
         print(f"[bench] ingest: {args.slices} x {args.size}^2 CT series", file=sys.stderr)
@@ -92,24 +95,39 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
             tuple(args.train_shape), args.train_series, args.batch_size, args.train_steps, args.reps,
             tuple(args.infer_shape), args.infer_reps, device, channels,
         ))
-    results["demo"] = demo = read_demo(args.data_dir)
-    if demo is not None and not args.no_ablations:
-        from medsegllm.common.deid import resolve_salt
-        from medsegllm.config import load_params
+    with tempfile.TemporaryDirectory(prefix="medsegllm-pipeline-", dir=args.workdir) as pipeline_work:
+        data_dir = args.data_dir
+        if not args.no_pipeline:
+            print("[bench] pipeline: dvc repro in a fresh copy of the project, then a no-op rerun", file=sys.stderr)
+            from medsegllm.common.deid import resolve_salt
 
-        params = load_params()
-        seeds = [params.seed + i for i in range(args.seeds)]
-        with tempfile.TemporaryDirectory(prefix="medsegllm-ablation-", dir=args.workdir) as work:
-            demo["table"] = run_paper_table(args.data_dir, params, resolve_salt(params.ingest), Path(work),
-                                            seeds, args.extra_seeds)
-        demo["goals"] = [demo["goals"][1], *demo["table"]["goals"]]
-    print(f"[bench] reports: extraction vs truth, describe with {args.reports_backends}", file=sys.stderr)
-    results["reports"] = bench_reports(args.data_dir / "cohort", args.reports_backends, load_params().reports)
+            ingest = load_params().ingest
+            results["pipeline"] = bench_pipeline(Path.cwd(), Path(pipeline_work), {ingest.salt_env: resolve_salt(ingest)})
+            data_dir = Path(results["pipeline"]["data_dir"])
+        results["data_dir"] = str(data_dir)
+        _demo_and_reports(results, args, data_dir)
     gpu_json = Path(args.gpu_json)
     results["gpu_run"] = json.loads(gpu_json.read_text()) if gpu_json.exists() else None
     results["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     results["total_seconds"] = time.perf_counter() - started
     return results
+
+
+def _demo_and_reports(results: dict, args: argparse.Namespace, data_dir: Path) -> None:
+    """The demo run's figures and the paper's table retrained on its data; the reports benchmark on its cohort."""
+    from medsegllm.common.deid import resolve_salt
+    from medsegllm.config import load_params
+
+    params = load_params()
+    results["demo"] = demo = read_demo(data_dir)
+    if demo is not None and not args.no_ablations:
+        seeds = [params.seed + i for i in range(args.seeds)]
+        with tempfile.TemporaryDirectory(prefix="medsegllm-ablation-", dir=args.workdir) as work:
+            demo["table"] = run_paper_table(data_dir, params, resolve_salt(params.ingest), Path(work),
+                                            seeds, args.extra_seeds)
+        demo["goals"] = [demo["goals"][1], *demo["table"]["goals"]]
+    print(f"[bench] reports: extraction vs truth, describe with {args.reports_backends}", file=sys.stderr)
+    results["reports"] = bench_reports(data_dir / "cohort", args.reports_backends, params.reports)
 
 
 def write_outputs(results: dict, out_md: Path, out_json: Path) -> None:

@@ -19,7 +19,6 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Largest plausible field of view (bores are under 1 m; a whole body under 2.5 m): beyond it the
 # geometry is corrupt, and resampling it to the target spacing would try to allocate gigabytes.
 MAX_FOV_MM = (1000.0, 1000.0, 2500.0)
-TILE = 16  # rows and slices per tile when transposing slices into the volume (see stack_slices)
 
 
 class SeriesError(ValueError):
@@ -28,7 +27,7 @@ class SeriesError(ValueError):
 
 @dataclass
 class Volume:
-    array: np.ndarray  # float32 (X, Y, Z), rescale applied
+    array: np.ndarray  # float32 (X, Y, Z), rescale applied; F-contiguous (stored slices stacked, see stack_slices)
     affine: np.ndarray  # 4x4 RAS
     spacing: tuple[float, float, float]  # column, row, slice spacing in mm
     order: list[int]  # input index of each slice, in z order
@@ -115,30 +114,19 @@ def pixels(ds: pydicom.Dataset) -> np.ndarray:
     return rescaled(data, ds)
 
 
-def transpose_into(out: np.ndarray, z0: int, planes: np.ndarray, index: slice | list[int]) -> None:
-    """Slices z0 .. z0 + TILE (fewer at the end) of the C-contiguous (X, Y, Z) `out` = planes[index],
-    `planes` being (N, X, Y) and `index` picking that many of them.
-
-    Z innermost is the layout torch/MONAI resampling needs, so assembling is a 3-D transpose of
-    the stored planes; it is copied in (rows x slices) tiles so reads and writes stay within cache
-    and TLB reach (a plane at a time puts every float in a different cache line: about 3x slower)."""
-    z1 = min(z0 + TILE, out.shape[2])
-    for y in range(0, out.shape[1], TILE):
-        out[:, y : y + TILE, z0:z1] = planes[index, :, y : y + TILE].transpose(1, 2, 0)
-
-
 def stack_slices(slices: Sequence[np.ndarray] | np.ndarray, order: list[int]) -> np.ndarray:
-    """C-contiguous float32 (X, Y, Z) of the (X, Y) `slices` taken in `order`; no copy when they
-    already are that volume in order (decode_series's output)."""
-    # (N, X, Y); decode_series's is one array already; a list is stacked as stored (row-major) planes
-    planes = slices if isinstance(slices, np.ndarray) else np.stack([plane.T for plane in slices]).transpose(0, 2, 1)
-    in_order = order == list(range(len(planes)))
-    if in_order and planes.dtype == np.float32 and planes.transpose(1, 2, 0).flags.c_contiguous:
-        return planes.transpose(1, 2, 0)
-    out = np.empty((planes.shape[1], planes.shape[2], len(order)), np.float32)
-    for z in range(0, len(order), TILE):
-        transpose_into(out, z, planes, slice(z, z + TILE) if in_order else order[z : z + TILE])
-    return out
+    """Float32 (X, Y, Z) of the (X, Y) `slices` taken in `order`, F-contiguous: every slice stays one
+    contiguous stored (row-major) plane, the layout NIfTI files hold and nibabel loads, so assembling
+    never transposes the volume (harmonize resamples this layout as it is). No copy when `slices` is
+    already that volume in order (decode_series's (N, X, Y) output)."""
+    if isinstance(slices, np.ndarray) and slices.dtype == np.float32 and order == list(range(len(slices))):
+        volume = slices.transpose(1, 2, 0)
+        if volume.flags.f_contiguous:
+            return volume
+    out = np.empty((len(order), *slices[0].shape[::-1]), np.float32)  # (Z, Y, X): stored planes
+    for z, index in enumerate(order):
+        out[z] = slices[index].T
+    return out.transpose(2, 1, 0)
 
 
 def build_volume(datasets: list[pydicom.Dataset], slices: Sequence[np.ndarray] | np.ndarray) -> Volume:

@@ -17,15 +17,28 @@ RAW_RANGES: dict[str, tuple[float, float]] = {"CT": (-1024.0, 1024.0), "MR": (0.
 BODY_FRACTION = 0.05  # MR voxels above this share of the p99.9 intensity count as body, not air
 
 
+REVERSED = [2, 1, 0, 3]  # affine columns of the (Z, Y, X) axes
+
+
 def _resample(array: np.ndarray, affine: np.ndarray, spacing: tuple[float, float, float], mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y, Z) `array` to RAS at `spacing`: a C-contiguous (X, Y, Z) array as it is; an F-contiguous one
+    (stacked slices, as ingest assembles them) as its C-contiguous (Z, Y, X) transpose with the affine's
+    axes swapped, to SAR at the reversed spacing, then the small result transposed back. Torch resamples
+    a strided tensor far slower than a contiguous one, and this way the full-resolution volume is never
+    transposed; both ways give the same grid, the same labels and intensities equal to float rounding."""
     import torch
     from monai.data import MetaTensor
     from monai.transforms import Orientation, Spacing
 
-    image = MetaTensor(torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32)[None], affine=torch.as_tensor(affine, dtype=torch.float64))
-    image = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)
-    image = Spacing(pixdim=spacing, mode=mode, padding_mode="border" if mode == "bilinear" else "zeros", dtype=np.float32)(image)
-    return image[0].numpy(), np.asarray(image.affine, dtype=np.float64)
+    reverse = array.flags.f_contiguous and not array.flags.c_contiguous
+    data, affine = (array.T, affine[:, REVERSED]) if reverse else (array, affine)
+    image = MetaTensor(torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None],
+                       affine=torch.as_tensor(affine, dtype=torch.float64))
+    image = Orientation(axcodes="SAR" if reverse else "RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)
+    image = Spacing(pixdim=tuple(spacing)[::-1] if reverse else spacing, mode=mode,
+                    padding_mode="border" if mode == "bilinear" else "zeros", dtype=np.float32)(image)
+    out, out_affine = image[0].numpy(), np.asarray(image.affine, dtype=np.float64)
+    return (np.ascontiguousarray(out.T), out_affine[:, REVERSED]) if reverse else (out, out_affine)
 
 
 def mr_range(array: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
@@ -58,7 +71,7 @@ def harmonize_label(mask: np.ndarray, affine: np.ndarray, params: IngestParams) 
 
 def histogram(values: np.ndarray, value_range: tuple[float, float], bins: int) -> np.ndarray:
     """Normalized histogram; values outside the range fall in the edge bins so every voxel counts."""
-    clipped = np.clip(values.ravel(), value_range[0], value_range[1])
+    clipped = np.clip(values.ravel(order="K"), value_range[0], value_range[1])  # K: no copy of an F-ordered volume
     counts, _ = np.histogram(clipped, bins=bins, range=value_range)
     return (counts / max(counts.sum(), 1)).astype(np.float32)
 

@@ -15,8 +15,7 @@ import pydicom
 from medsegllm.common.io import save_nifti
 from medsegllm.config import IngestParams
 from medsegllm.ingest.frames import frame_pixels, frame_views, is_multiframe
-from medsegllm.ingest.geometry import (TILE, SeriesError, Volume, build_volume, pixels, rescale_into, slice_geometry, slice_normal,
-                                       transpose_into)
+from medsegllm.ingest.geometry import SeriesError, Volume, build_volume, pixels, rescale_into, slice_geometry, slice_normal
 from medsegllm.ingest.harmonize import harmonize_label, harmonize_volume, histogram, raw_histogram
 from medsegllm.ingest.pixels import NativePixels, read_header, read_native
 from medsegllm.ingest.scan import dcmread_capped
@@ -61,11 +60,10 @@ def decode_series(files: list[Path]) -> tuple[list[pydicom.Dataset], np.ndarray 
     """One (dataset, slice) pair per slice: a classic file is one slice, an enhanced file one per frame.
 
     Headers are read first (each file is parsed once). When every file holds native pixel data on
-    one grid, the slices are sorted by position right away and go, a tile of slices at a time,
-    straight into the C-ordered (X, Y, Z) volume, returned as its (N, X, Y) view with the datasets
-    in the same order, so build_volume copies nothing. Otherwise every file is decoded by itself
-    (pydicom where not native) into its own (X, Y) planes. Bad files come back with their
-    quarantine reason, in input order.
+    one grid, the slices are sorted by position right away and each goes straight into its plane of
+    the volume, returned as an (N, X, Y) view with the datasets in the same order, so build_volume
+    copies nothing. Otherwise every file is decoded by itself (pydicom where not native) into its
+    own (X, Y) planes. Bad files come back with their quarantine reason, in input order.
     """
     readable, bad = [], []
     for path in files:
@@ -115,38 +113,34 @@ def _decode_each(readable: list[_File], bad: list[tuple[Path, str]]) -> tuple[li
 
 def _decode_sorted(readable: list[_File], grid: tuple[int, int],
                    bad: list[tuple[Path, str]]) -> tuple[list[pydicom.Dataset], np.ndarray | list[np.ndarray]]:
-    """Slices in position order, rescaled a tile at a time and transposed into the (X, Y, Z) volume."""
+    """Slices in position order, each rescaled straight into its plane of the (Z, rows, columns) volume."""
     slots = [(item, frame) for item in readable for frame in range(len(item.views))]
     try:
         order = slice_geometry([item.views[frame] for item, frame in slots])[3]
     except Exception:  # bad geometry: keep input order; build_volume raises the same error with the reason
         order = list(range(len(slots)))
-    volume = np.empty((grid[1], grid[0], len(slots)), np.float32)
-    tile = np.empty((TILE, *grid), np.float32)
+    volume = np.empty((len(slots), *grid), np.float32)
     multiframe: dict[Path, np.ndarray] = {}  # the decoded frames of each enhanced file
     failed: dict[Path, str] = {}
     scratch = None
-    for z0 in range(0, len(order), TILE):
-        for j, (item, frame) in enumerate(slots[i] for i in order[z0 : z0 + TILE]):
-            if item.path in failed:
-                continue
-            try:
-                if len(item.views) == 1:
-                    decoded, scratch = _decode(item, scratch, tile[j : j + 1])
-                else:
-                    if item.path not in multiframe:
-                        multiframe[item.path] = _decode(item, None)[0]
-                    decoded = multiframe[item.path]
-                    tile[j] = decoded[frame]
-            except Exception as exc:  # as in decode_series
-                failed[item.path] = _reason(exc)
-        transpose_into(volume, z0, tile.transpose(0, 2, 1), slice(0, min(TILE, len(order) - z0)))
+    for z, (item, frame) in enumerate(slots[i] for i in order):
+        if item.path in failed:
+            continue
+        try:
+            if len(item.views) == 1:
+                scratch = _decode(item, scratch, volume[z : z + 1])[1]
+            else:
+                if item.path not in multiframe:
+                    multiframe[item.path] = _decode(item, None)[0]
+                volume[z] = multiframe[item.path][frame]
+        except Exception as exc:  # as in decode_series
+            failed[item.path] = _reason(exc)
     bad += failed.items()
     kept = [z for z, i in enumerate(order) if slots[i][0].path not in failed]
     datasets = [slots[order[z]][0].views[slots[order[z]][1]] for z in kept]
     if failed:  # keep datasets and slices paired (the caller rejects the series anyway)
-        return datasets, [volume[:, :, z] for z in kept]
-    return datasets, volume.transpose(2, 0, 1)
+        return datasets, [volume[z].T for z in kept]
+    return datasets, volume.transpose(0, 2, 1)
 
 
 def _decode(item: _File, scratch: np.ndarray | None, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:

@@ -28,6 +28,11 @@ def sphere_volume_mm3(diameter_mm: float) -> float:
     return math.pi / 6.0 * diameter_mm**3
 
 
+def equivalent_diameter_mm(volume_mm3: float) -> float:
+    """Diameter of the sphere of `volume_mm3`: how lesion sizes are compared with reported sizes."""
+    return (6.0 * volume_mm3 / math.pi) ** (1 / 3)
+
+
 def label_map(probs: np.ndarray, spacing: tuple[float, ...], cfg: PostprocessParams) -> np.ndarray:
     """argmax of `probs` (C, X, Y, Z), then lesion components that break `cfg` relabelled (`spacing` in mm)."""
     labels = probs.argmax(axis=0).astype(np.uint8)

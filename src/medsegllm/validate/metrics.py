@@ -14,6 +14,8 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 from scipy import ndimage
 
+from medsegllm.model.postprocess import equivalent_diameter_mm
+
 
 def one_hot(labels: np.ndarray, n_classes: int) -> torch.Tensor:
     """A label map (X,Y,Z) as a one-hot batch (1,C,X,Y,Z), the layout MONAI metrics expect."""
@@ -59,7 +61,7 @@ def lesion_table(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: tuple[flo
     sizes = ndimage.sum_labels(ref_mask, ref_labels, index=np.arange(1, n_ref + 1)) if n_ref else np.zeros(0)
     hit = set(np.unique(ref_labels[pred_mask & (ref_labels > 0)]).tolist())
     rows = [
-        {"volume_mm3": float(n) * voxel_mm3, "diameter_mm": float((6.0 * n * voxel_mm3 / np.pi) ** (1 / 3)), "detected": k in hit}
+        {"volume_mm3": float(n) * voxel_mm3, "diameter_mm": equivalent_diameter_mm(float(n) * voxel_mm3), "detected": k in hit}
         for k, n in enumerate(sizes, start=1)
     ]
     true_pred = np.unique(pred_labels[ref_mask & (pred_labels > 0)])
