@@ -35,13 +35,13 @@ class Start:
 
 def usage(start: Start) -> dict[str, float]:
     """Since `start`: wall seconds, CPU seconds of this process and of its child processes (workers) that
-    finished meanwhile, and the peak resident memory of the largest of those processes (ru_maxrss, KiB
-    on Linux; a child counts only when children finished during the command)."""
+    finished meanwhile, and the peak resident memory of this process (ru_maxrss, KiB on Linux). Worker
+    processes' memory is not included: the kernel keeps one maximum over all waited-for children, which
+    after `a && b` includes `a`."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    children_cpu = _cpu(children) - start.children_cpu
-    peak_kib = max(own.ru_maxrss, children.ru_maxrss) if children_cpu > 0 else own.ru_maxrss
-    return {"wall_s": round(time.perf_counter() - start.wall, 3), "cpu_s": round(_cpu(own) + children_cpu, 3),
-            "peak_rss_mib": round(peak_kib / 1024, 1)}
+    return {"wall_s": round(time.perf_counter() - start.wall, 3),
+            "cpu_s": round(_cpu(own) + _cpu(children) - start.children_cpu, 3),
+            "peak_rss_mib": round(own.ru_maxrss / 1024, 1)}
 
 
 def record_usage(command: str, argv: list[str], start: Start) -> dict:
