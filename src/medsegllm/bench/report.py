@@ -198,8 +198,8 @@ def _pipeline(r: dict) -> list[str]:
         "`dvc repro` of the demo pipeline (`dvc.yaml`, every stage and its data gate) in a fresh copy of the project's "
         "working tree: empty DVC cache, new MLflow store, as a newcomer's `make run` after setup. Then `dvc repro` "
         "again with nothing changed. Per command: wall time, CPU time (its finished worker processes included) and "
-        "the peak resident memory of its own process (worker processes' memory not included), as each `medsegllm` command logs them when it ends "
-        "(`common/resources.py`).", "",
+        "the peak resident memory of its own process (worker processes' memory not included), as each "
+        "`medsegllm` command logs them when it ends (`common/resources.py`).", "",
         "| command | wall s | CPU s | peak memory MiB |", "|---|---|---|---|",
         *[f"| `medsegllm {c['command']}` | {_f(c['wall_s'], 1)} | {_f(c['cpu_s'], 1)} | {_f(c['peak_rss_mib'], 0)} |"
           for c in p["commands"]],

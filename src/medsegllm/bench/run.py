@@ -11,6 +11,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +23,9 @@ from medsegllm.bench.report import render
 from medsegllm.bench.reports import bench_reports
 from medsegllm.bench.timing import machine_info
 from medsegllm.common.io import write_json
+
+if TYPE_CHECKING:
+    from medsegllm.config import Params
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,17 +99,18 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
             tuple(args.train_shape), args.train_series, args.batch_size, args.train_steps, args.reps,
             tuple(args.infer_shape), args.infer_reps, device, channels,
         ))
+    params = load_params()
     with tempfile.TemporaryDirectory(prefix="medsegllm-pipeline-", dir=args.workdir) as pipeline_work:
         data_dir = args.data_dir
         if not args.no_pipeline:
             print("[bench] pipeline: dvc repro in a fresh copy of the project, then a no-op rerun", file=sys.stderr)
             from medsegllm.common.deid import resolve_salt
 
-            ingest = load_params().ingest
+            ingest = params.ingest
             results["pipeline"] = bench_pipeline(Path.cwd(), Path(pipeline_work), {ingest.salt_env: resolve_salt(ingest)})
             data_dir = Path(results["pipeline"]["data_dir"])
         results["data_dir"] = str(data_dir)
-        _demo_and_reports(results, args, data_dir)
+        _demo_and_reports(results, args, data_dir, params)
     gpu_json = Path(args.gpu_json)
     results["gpu_run"] = json.loads(gpu_json.read_text()) if gpu_json.exists() else None
     results["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
@@ -113,12 +118,10 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
     return results
 
 
-def _demo_and_reports(results: dict, args: argparse.Namespace, data_dir: Path) -> None:
+def _demo_and_reports(results: dict, args: argparse.Namespace, data_dir: Path, params: Params) -> None:
     """The demo run's figures and the paper's table retrained on its data; the reports benchmark on its cohort."""
     from medsegllm.common.deid import resolve_salt
-    from medsegllm.config import load_params
 
-    params = load_params()
     results["demo"] = demo = read_demo(data_dir)
     if demo is not None and not args.no_ablations:
         seeds = [params.seed + i for i in range(args.seeds)]
