@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from medsegllm.bench.pipeline import bench_pipeline, project_files
 from medsegllm.common.resources import RESOURCE_LOG_ENV, Start, record_usage
 from tests.conftest import ROOT
@@ -40,6 +42,21 @@ def test_console_command_records_its_usage_even_when_it_fails(tmp_path: Path) ->
     (row,) = [json.loads(line) for line in log.read_text().splitlines()]
     assert row["command"] == "check ingest" and row["wall_s"] > 0
     assert "check ingest:" in done.stderr and "peak memory" in done.stderr
+
+
+def test_last_command_of_a_chain_reports_its_own_usage_only() -> None:
+    """`a && b` as DVC runs it: the shell execs b in its own process, so b inherits the CPU of a and,
+    in ru_maxrss, the peak memory of whoever started the shell (here this test, holding 600 MiB)."""
+    held = np.ones(600 * 2**20 // 8)  # touched pages: resident, not just reserved
+    burn = "import time; t = time.process_time(); exec('while time.process_time() - t < 1.0: pass')"
+    report = ("import json; from medsegllm.common.resources import Start, usage; "
+              "print(json.dumps(usage(Start())))")
+    done = subprocess.run(["bash", "-c", f"{sys.executable} -c \"{burn}\" && {sys.executable} -c \"{report}\""],
+                          capture_output=True, text=True, check=True)
+    row = json.loads(done.stdout)
+    assert row["peak_rss_mib"] < 300, row  # a bare Python: tens of MiB, not this test's 600+
+    assert row["cpu_s"] < 0.6, row  # not the second of CPU the first command burned
+    assert held.sum() > 0
 
 
 def _mini_project(root: Path) -> Path:

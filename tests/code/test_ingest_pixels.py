@@ -15,7 +15,10 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 
 from medsegllm.bench.ingest import write_ct_series
 from medsegllm.ingest.geometry import build_volume, pixels, stack_slices
-from medsegllm.ingest.pixels import read_header, read_native
+from medsegllm.ingest import pixels as pixels_module
+from medsegllm.ingest import series as series_module
+from medsegllm.ingest.pixels import HEAD_BYTES, read_header, read_native
+from medsegllm.ingest.scan import scan
 from medsegllm.ingest.series import UNREADABLE, decode_series
 
 
@@ -152,3 +155,50 @@ def test_multiframe_enhanced_native(series, tmp_path):
     path = tmp_path / "frames.dcm"
     enhanced.save_as(path, enforce_file_format=True)
     np.testing.assert_array_equal(_native_values(path), pydicom.dcmread(path).pixel_array)
+
+
+def test_decode_with_the_scans_records_parses_no_header_again(series, monkeypatch):
+    """Ingest's path: the scan's slice records stand in for the headers, with identical results."""
+    headers = sorted(scan(series[0].parent).images, key=lambda h: str(h.path))
+    assert all(h.native is not None for h in headers)
+    full_headers, full_slices, _ = decode_series(series)
+    expected = build_volume(full_headers, full_slices)
+    monkeypatch.setattr(series_module, "read_header", _forbidden)
+    monkeypatch.setattr(pydicom, "dcmread", _forbidden)
+    datasets, slices, bad = decode_series([h.path for h in headers], [h.native for h in headers])
+    assert not bad
+    volume = build_volume(datasets, slices)
+    np.testing.assert_array_equal(volume.array, expected.array)
+    np.testing.assert_array_equal(volume.affine, expected.affine)
+    assert [str(ds.SOPInstanceUID) for ds in datasets] == [str(ds.SOPInstanceUID) for ds in full_headers]
+
+
+def _forbidden(*args, **kwargs):
+    raise AssertionError("decode parsed a header the scan had already read")
+
+
+def test_header_longer_than_the_prefix_is_read_from_the_file(series, tmp_path):
+    """A header that does not end in the first HEAD_BYTES (here a long private text element) is
+    parsed from the file: same dataset and the same pixel location as a plain read."""
+    ds = pydicom.dcmread(series[0])
+    block = ds.private_block(0x0011, "MEDSEGLLM TEST", create=True)
+    block.add_new(0x01, "UT", "x" * (HEAD_BYTES + 1000))
+    path = tmp_path / "long_header.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    header, native = read_header(path)
+    assert native is not None and native.offset > HEAD_BYTES
+    assert header == pydicom.dcmread(path, stop_before_pixels=True)
+    np.testing.assert_array_equal(_native_values(path)[0], pydicom.dcmread(path).pixel_array)
+
+
+def test_prefix_cut_inside_an_element_falls_back_to_the_file(series, tmp_path, monkeypatch):
+    """Whatever the prefix length, the header read equals pydicom's own: cut mid-element, at the
+    pixel tag, or past the end of the file."""
+    path = series[0]
+    reference = pydicom.dcmread(path, stop_before_pixels=True)
+    offset = read_header(path)[1].offset
+    for prefix in (1, 200, offset - 13, offset - 12, offset - 11, offset, path.stat().st_size + 1):
+        monkeypatch.setattr(pixels_module, "HEAD_BYTES", prefix)
+        header, native = read_header(path)
+        assert header == reference, prefix
+        assert native is not None and native.offset == offset, prefix

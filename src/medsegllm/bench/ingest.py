@@ -1,7 +1,7 @@
 """Ingest read-and-assemble of one CT series: our path vs dcm2niix vs MONAI LoadImage.
 
 Our path is what `run_ingest` does before harmonization: header scan and series grouping
-(`scan`), decode (`series.decode_series`: header read, pixels straight into the sorted volume) and
+(`scan`), decode (`series.decode_series`: the scan's slice records, pixels straight into the sorted volume) and
 geometry (`build_volume`). Harmonization (resample + intensity window) is timed on its own because
 the other tools do not do it. `read_files` (every file's bytes read from the page cache, nothing
 parsed) is the floor any reader of the folder pays.
@@ -72,8 +72,8 @@ def read_ours(folder: Path) -> Volume:
         groups[header.series_uid].append(header)
     if len(groups) != 1 or scanned.quarantine:
         raise RuntimeError("benchmark series did not scan as exactly one clean series")
-    files = [h.path for h in sorted(next(iter(groups.values())), key=lambda h: str(h.path))]
-    datasets, slices, bad = decode_series(files)
+    headers = sorted(next(iter(groups.values())), key=lambda h: str(h.path))
+    datasets, slices, bad = decode_series([h.path for h in headers], [h.native for h in headers])
     if bad:
         raise RuntimeError(f"benchmark series has unreadable files: {bad[:1]}")
     return build_volume(datasets, slices)
@@ -83,8 +83,9 @@ def ours_breakdown(folder: Path) -> dict[str, float]:
     """Seconds per phase of `read_ours` (header scan, decode into the volume, geometry), and the
     time to read the files' bytes alone."""
     scan_s, scanned = timed(lambda: scan(folder))
-    files = sorted(h.path for h in scanned.images)
-    decode_s, (datasets, slices, _) = timed(lambda: decode_series(files))
+    headers = sorted(scanned.images, key=lambda h: str(h.path))
+    files = [h.path for h in headers]
+    decode_s, (datasets, slices, _) = timed(lambda: decode_series(files, [h.native for h in headers]))
     assemble_s, _ = timed(lambda: build_volume(datasets, slices))
     read_s, _ = timed(lambda: [path.read_bytes() for path in files])
     return {"scan_headers": scan_s, "decode": decode_s, "build_volume": assemble_s, "read_files": read_s}

@@ -82,7 +82,7 @@ def _ingest(r: dict) -> list[str]:
     ph = i["ours_phases_median_s"]
     lines += ["", f"Paired (per-repetition) ratios, steadier under load: MONAI / ours = {_x(i['paired_ratio_monai_over_ours'])}, "
               f"ours / dcm2niix = {_x(i['paired_ratio_ours_over_dcm2niix'])}. Where our time goes (medians): header scan "
-              f"{_f(ph['scan_headers'], 3)} s, decode {_f(ph['decode'], 3)} s (headers again, then native pixel data read "
+              f"{_f(ph['scan_headers'], 3)} s, decode {_f(ph['decode'], 3)} s (the scan's slice records, no second header parse; native pixel data read "
               f"straight into the sorted volume), build_volume {_f(ph['build_volume'], 3)} s; reading the files' bytes alone: "
               f"{_f(ph.get('read_files'), 3)} s."]
     h = i["harmonize"]

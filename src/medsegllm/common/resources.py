@@ -33,15 +33,30 @@ class Start:
     children_cpu: float = field(default_factory=lambda: _cpu(resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
+def peak_rss_mib() -> float:
+    """Peak resident memory of this program. Linux's ru_maxrss is the wrong figure for a command a shell
+    or DVC started: it keeps the maximum across exec, so it includes the RSS of the process that forked
+    it (DVC's, for the last command of `a && b`). VmHWM belongs to the current program's memory map
+    only; ru_maxrss (KiB on Linux) is the fallback where /proc is missing."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def usage(start: Start) -> dict[str, float]:
     """Since `start`: wall seconds, CPU seconds of this process and of its child processes (workers) that
-    finished meanwhile, and the peak resident memory of this process (ru_maxrss, KiB on Linux). Worker
+    finished meanwhile, and the peak resident memory of this program (`peak_rss_mib`). Worker
     processes' memory is not included: the kernel keeps one maximum over all waited-for children, which
     after `a && b` includes `a`."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"wall_s": round(time.perf_counter() - start.wall, 3),
             "cpu_s": round(_cpu(own) + _cpu(children) - start.children_cpu, 3),
-            "peak_rss_mib": round(own.ru_maxrss / 1024, 1)}
+            "peak_rss_mib": peak_rss_mib()}
 
 
 def record_usage(command: str, argv: list[str], start: Start) -> dict:

@@ -101,6 +101,7 @@ def _jobs(series: dict[str, list[ImageHeader]], segs: dict[str, list[Path]], out
         jobs.append(
             SeriesJob(
                 files=files,
+                native=[h.native for h in headers],
                 seg_files=sorted(segs.get(uid, [])),
                 out_dir=out_dir,
                 params=params,

@@ -6,12 +6,12 @@ that nothing was dropped silently.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-from pydicom.errors import InvalidDicomError
+
+from medsegllm.ingest.pixels import NativePixels, NativeSlice, native_slice, read_header
 
 # Image storage classes the geometry code understands: classic single-frame files, and enhanced
 # multi-frame objects whose frames carry their geometry in functional groups (ingest/frames.py).
@@ -38,6 +38,7 @@ class ImageHeader:
     modality: str
     manufacturer: str
     model_name: str
+    native: NativeSlice | None = None  # kept so decode need not parse a plain native file again
 
 
 @dataclass
@@ -59,38 +60,6 @@ class ScanResult:
 def iter_files(root: Path) -> list[Path]:
     """All regular files under `root`, any nesting and any name, in a stable order."""
     return sorted(p for p in root.rglob("*") if p.is_file())
-
-
-class CappedReader(io.BufferedReader):
-    """A file whose reads never ask for more than it holds: pydicom allocates a buffer of an element's
-    declared length before reading, so a garbage length would otherwise reserve up to 4 GB."""
-
-    def __init__(self, path: Path):
-        super().__init__(io.FileIO(path, "rb"))
-        self.size = path.stat().st_size
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is not None and size > 0:
-            size = min(size, max(self.size - self.tell(), 0))
-        return super().read(size)
-
-
-def dcmread_capped(path: Path, **kwargs) -> pydicom.Dataset:
-    with CappedReader(path) as handle:
-        return pydicom.dcmread(handle, **kwargs)
-
-
-def read_header(path: Path) -> pydicom.Dataset:
-    """Header only; files without the DICOM preamble are accepted if they parse as a raw dataset."""
-    if path.stat().st_size == 0:
-        raise ValueError("empty file")
-    try:
-        return dcmread_capped(path, stop_before_pixels=True)
-    except InvalidDicomError:
-        ds = dcmread_capped(path, stop_before_pixels=True, force=True)
-        if "SOPClassUID" not in ds or "Modality" not in ds:
-            raise ValueError("not a DICOM file") from None
-        return ds
 
 
 def _sop_class(ds: pydicom.Dataset) -> str:
@@ -115,7 +84,7 @@ def _seg_references(ds: pydicom.Dataset) -> tuple[set[str], set[str]]:
     return series, sops
 
 
-def classify(path: Path, ds: pydicom.Dataset, result: ScanResult, root: Path) -> None:
+def classify(path: Path, ds: pydicom.Dataset, result: ScanResult, root: Path, native: NativePixels | None) -> None:
     """Put one parsed file in its bucket; the reason names the modality, never a header value that identifies."""
     modality = str(ds.get("Modality", "") or "").upper().strip()
     sop_class = _sop_class(ds)
@@ -131,10 +100,10 @@ def classify(path: Path, ds: pydicom.Dataset, result: ScanResult, root: Path) ->
     elif "Rows" not in ds or "Columns" not in ds:
         result.quarantine.append((path, "CT/MR file without image attributes"))
     else:
-        result.images.append(_image_header(path, ds, modality, root))
+        result.images.append(_image_header(path, ds, modality, root, native))
 
 
-def _image_header(path: Path, ds: pydicom.Dataset, modality: str, root: Path) -> ImageHeader:
+def _image_header(path: Path, ds: pydicom.Dataset, modality: str, root: Path, native: NativePixels | None) -> ImageHeader:
     """Blank UIDs (some anonymizers empty them) fall back to the folder as the series key, and the
     study, patient and accession keys fall back to the series key, so blank never means shared."""
     series = str(ds.get("SeriesInstanceUID", "") or "") or f"folder:{path.parent.relative_to(root).as_posix()}"
@@ -151,6 +120,7 @@ def _image_header(path: Path, ds: pydicom.Dataset, modality: str, root: Path) ->
         modality=modality,
         manufacturer=str(ds.get("Manufacturer", "") or ""),
         model_name=str(ds.get("ManufacturerModelName", "") or ""),
+        native=native_slice(ds, native),
     )
 
 
@@ -160,9 +130,9 @@ def scan(root: Path) -> ScanResult:
     for path in iter_files(root):
         result.n_files += 1
         try:
-            ds = read_header(path)
+            ds, native = read_header(path)
             # values are decoded lazily: a wrong VR or a garbage number fails here, not in read_header
-            classify(path, ds, result, root)
+            classify(path, ds, result, root, native)
         except Exception as exc:  # any parse failure is a property of the file, not of the batch
             result.quarantine.append((path, f"unreadable: {_describe(exc)}"))
     return result

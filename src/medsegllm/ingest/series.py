@@ -6,6 +6,7 @@ or quarantine reasons, so a bad series never stops the batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +18,7 @@ from medsegllm.config import IngestParams
 from medsegllm.ingest.frames import frame_pixels, frame_views, is_multiframe
 from medsegllm.ingest.geometry import SeriesError, Volume, build_volume, pixels, rescale_into, slice_geometry, slice_normal
 from medsegllm.ingest.harmonize import harmonize_label, harmonize_volume, histogram, raw_histogram
-from medsegllm.ingest.pixels import NativePixels, read_header, read_native
-from medsegllm.ingest.scan import dcmread_capped
+from medsegllm.ingest.pixels import NativePixels, NativeSlice, dcmread_capped, read_header, read_native
 from medsegllm.ingest.seg import SegError, SliceIndex, seg_label_map
 from medsegllm.ingest.standardize import landmarks
 
@@ -26,6 +26,7 @@ from medsegllm.ingest.standardize import landmarks
 @dataclass
 class SeriesJob:
     files: list[Path]
+    native: list[NativeSlice | None]  # the scan's slice record of each file, where it has one
     seg_files: list[Path]
     out_dir: Path
     params: IngestParams
@@ -56,17 +57,23 @@ class _File:
     native: NativePixels | None
 
 
-def decode_series(files: list[Path]) -> tuple[list[pydicom.Dataset], np.ndarray | list[np.ndarray], list[tuple[Path, str]]]:
+def decode_series(files: list[Path], known: Sequence[NativeSlice | None] = ()
+                  ) -> tuple[list[pydicom.Dataset], np.ndarray | list[np.ndarray], list[tuple[Path, str]]]:
     """One (dataset, slice) pair per slice: a classic file is one slice, an enhanced file one per frame.
 
-    Headers are read first (each file is parsed once). When every file holds native pixel data on
+    Headers come first: from `known` (the scan's record of each file, parallel to `files`) where
+    there is one, else read here, so each file is parsed once. The datasets are then those records
+    (what geometry needs, not the full header). When every file holds native pixel data on
     one grid, the slices are sorted by position right away and each goes straight into its plane of
     the volume, returned as an (N, X, Y) view with the datasets in the same order, so build_volume
     copies nothing. Otherwise every file is decoded by itself (pydicom where not native) into its
     own (X, Y) planes. Bad files come back with their quarantine reason, in input order.
     """
     readable, bad = [], []
-    for path in files:
+    for path, record in zip(files, list(known) or [None] * len(files), strict=True):
+        if record is not None:
+            readable.append(_File(path, [record.view], record.native))
+            continue
         try:
             ds, native = read_header(path)
             views = frame_views(ds) if is_multiframe(ds) else [ds]
@@ -179,7 +186,7 @@ def _reject(job: SeriesJob, reason: str, specific: list[tuple[Path, str]] = ()) 
 
 def process_series(job: SeriesJob) -> SeriesOutcome:
     """Build, harmonize and write one series and its labels; quarantine it whole if its geometry fails."""
-    datasets, slices, bad = decode_series(job.files)
+    datasets, slices, bad = decode_series(job.files, job.native)
     if bad:
         return _reject(job, "series contains an unreadable file", bad)
     try:
