@@ -131,7 +131,7 @@ def test_batch_with_bad_files_and_bad_series(tmp_path: Path):
     assert reasons["header_cut.dcm"] == "not a CT/MR image: no modality"
     assert reasons["cut/img1"].startswith("pixel data unreadable")
     assert reasons["cut/img0"] == "series contains an unreadable file"
-    assert reasons["rt.dcm"] == "not a CT/MR image: RTSTRUCT"
+    assert reasons["rt.dcm"] == "RTSTRUCT references no image series in the input"
     assert reasons["multiframe.dcm"] == "multi-frame CT/MR without per-frame functional groups (no frame geometry)"
 
     row = manifest.set_index("series_id").loc[pseudonym(good, SALT)]

@@ -19,7 +19,8 @@ from medsegllm.common.deid import pseudonym
 from medsegllm.config import IngestParams
 from medsegllm.ingest.geometry import build_volume, pixels
 from medsegllm.ingest.run import run_ingest
-from medsegllm.ingest.seg import seg_label_map
+from medsegllm.ingest.rtstruct import rtstruct_references
+from medsegllm.ingest.seg import class_of_name, seg_label_map
 from medsegllm.ingest.series import slice_index
 
 REAL = Path("/work/shared/testdata/real")
@@ -64,7 +65,7 @@ def test_geometry_and_values_match_dcm2niix(folder: Path, tmp_path: Path):
 
 def test_seg_frames_land_on_their_slices():
     datasets, volume = load_series(GE_CT)
-    label = seg_label_map(GE_SEG, slice_index(datasets, volume))
+    label = seg_label_map(pydicom.dcmread(GE_SEG), slice_index(datasets, volume))
     frames = pydicom.dcmread(GE_SEG).pixel_array
     assert set(np.unique(label)) == {0, 1}  # "Liver" -> class 1
     assert label.sum() == frames.sum() > 0
@@ -84,7 +85,7 @@ def test_ingest_real_tree(ingested: Path):
     assert volume.shape == label.shape == tuple(ge["shape"])
     np.testing.assert_allclose(volume.affine, label.affine)
     assert np.asarray(label.dataobj).dtype == np.uint8 and np.asarray(label.dataobj).max() == 1
-    assert reasons["pydicom/rtstruct.dcm"] == "not a CT/MR image: RTSTRUCT"
+    assert reasons["pydicom/rtstruct.dcm"] == "RTSTRUCT references no image series in the input"
     assert reasons["pydicom/no_meta.dcm"] == "unreadable: not a DICOM file"
     mr = manifest[manifest.modality == "MR"].iloc[0]
     mr_data = np.asarray(nib.load(out / mr.volume_path).dataobj)
@@ -142,3 +143,13 @@ def test_enhanced_conversion_of_real_ct_matches_dcm2niix_and_classic(tmp_path: P
     ours = nib.as_closest_canonical(nib.Nifti1Image(volume.array, volume.affine))
     np.testing.assert_allclose(ours.affine, reference.affine, atol=1e-3)
     np.testing.assert_allclose(np.asarray(ours.dataobj), reference.get_fdata(), atol=1e-3)
+
+
+def test_real_structure_set_references_and_roi_names():
+    """pydicom's bundled RTSTRUCT (a planning system's export): its referenced series is found (its
+    contours name no images: they are placed by position), and its ROIs ("patient", isocentres) name
+    no class, so none would be painted."""
+    ds = pydicom.dcmread(get_testdata_file("rtstruct.dcm"), force=True)
+    series, sops = rtstruct_references(ds)
+    assert series == {"1.2.826.0.1.3680043.8.498.2010020400001.2.1.1"} and sops == set()
+    assert [class_of_name(str(roi.ROIName)) for roi in ds.StructureSetROISequence] == [None, None, None]

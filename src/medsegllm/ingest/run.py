@@ -56,7 +56,7 @@ def input_hash(files: list[Path], params: IngestParams) -> str:
 
 
 def _seg_targets(scanned: ScanResult, series: dict[str, list[ImageHeader]]) -> tuple[dict[str, list[Path]], list[tuple[Path, str]]]:
-    """Attach each SEG to the one series it references (by series UID, else by instance UIDs)."""
+    """Attach each SEG or RTSTRUCT to the one series it references (by series UID, else by instance UIDs)."""
     sop_to_series = {h.sop_uid: uid for uid, headers in series.items() for h in headers}
     attached: dict[str, list[Path]] = defaultdict(list)
     rejected: list[tuple[Path, str]] = []
@@ -65,9 +65,9 @@ def _seg_targets(scanned: ScanResult, series: dict[str, list[ImageHeader]]) -> t
         if len(targets) == 1:
             attached[targets.pop()].append(seg.path)
         elif targets:
-            rejected.append((seg.path, "SEG references more than one series"))
+            rejected.append((seg.path, f"{seg.kind} references more than one series"))
         else:
-            rejected.append((seg.path, "SEG references no image series in the input"))
+            rejected.append((seg.path, f"{seg.kind} references no image series in the input"))
     return attached, rejected
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pydicom
 
 from medsegllm.ingest.pixels import NativePixels, NativeSlice, native_slice, read_header
+from medsegllm.ingest.rtstruct import rtstruct_references
 
 # Image storage classes the geometry code understands: classic single-frame files, and enhanced
 # multi-frame objects whose frames carry their geometry in functional groups (ingest/frames.py).
@@ -43,9 +44,12 @@ class ImageHeader:
 
 @dataclass
 class SegHeader:
+    """A label object (SEG or RTSTRUCT) and the images it was drawn on."""
+
     path: Path
     referenced_series: set[str]
     referenced_sops: set[str]
+    kind: str = "SEG"
 
 
 @dataclass
@@ -91,6 +95,9 @@ def classify(path: Path, ds: pydicom.Dataset, result: ScanResult, root: Path, na
     if modality == "SEG":
         series, sops = _seg_references(ds)
         result.segs.append(SegHeader(path, series, sops))
+    elif modality == "RTSTRUCT":
+        series, sops = rtstruct_references(ds)
+        result.segs.append(SegHeader(path, series, sops, "RTSTRUCT"))
     elif modality == "SR":
         result.reports.append(path)
     elif modality not in ("CT", "MR"):

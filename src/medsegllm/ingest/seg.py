@@ -1,5 +1,7 @@
 """DICOM SEG -> a label map on the referenced series' (X, Y, Z) grid, classes from SEG_CLASSES.
 
+(RTSTRUCT, the other label object, is in rtstruct.py; both use this module's SliceIndex and names.)
+
 Frames are matched to slices by ReferencedSOPInstanceUID, else by plane position along the slice
 normal. Classes are painted in SEG_CLASSES order, so a lesion overrides the organ it sits in.
 """
@@ -7,10 +9,11 @@ normal. Classes are painted in SEG_CLASSES order, so a lesion overrides the orga
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+import pydicom
 
 from medsegllm.knowledge import SEG_CLASSES
 
@@ -29,6 +32,15 @@ class SliceIndex:
     along: np.ndarray  # position of each z slice along the normal, mm
     normal: np.ndarray  # LPS
     shape: tuple[int, int, int]
+    affine: np.ndarray  # voxel (X, Y, Z) -> RAS mm, the assembled volume's
+
+
+def class_of_name(name: str) -> int | None:
+    """The SEG_CLASSES index a segment or ROI name denotes: the class name itself, or as the first word
+    of a longer name ("Kidney_L", "liver 2", "Lesion-1"); None for anything else (e.g. "GTV", "Couch")."""
+    words = re.split(r"[^a-z]+", name.strip().lower())
+    first = next((word for word in words if word), "")
+    return SEG_CLASSES.index(first) if first in SEG_CLASSES[1:] else None
 
 
 def _frame_item(seg, frame: int, keyword: str):
@@ -60,16 +72,16 @@ def _frame_slice(seg, frame: int, index: SliceIndex) -> int:
     return z
 
 
-def seg_label_map(path: Path, index: SliceIndex) -> np.ndarray:
-    """uint8 (X, Y, Z) label map of one SEG file; unknown segment labels are skipped with a warning."""
+def seg_label_map(ds: pydicom.Dataset, index: SliceIndex) -> np.ndarray:
+    """uint8 (X, Y, Z) label map of one SEG; segments named outside the vocabulary are skipped with a warning."""
     import highdicom as hd
 
-    seg = hd.seg.segread(path)
+    seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
     numbers_to_class: dict[int, int] = {}
     for item in seg.SegmentSequence:
-        name = str(item.SegmentLabel).strip().lower()
-        if name in SEG_CLASSES[1:]:
-            numbers_to_class[int(item.SegmentNumber)] = SEG_CLASSES.index(name)
+        cls = class_of_name(str(item.SegmentLabel))
+        if cls is not None:
+            numbers_to_class[int(item.SegmentNumber)] = cls
         else:
             log.warning("SEG segment %d has a label outside the class vocabulary; skipped", int(item.SegmentNumber))
     frames = seg.pixel_array

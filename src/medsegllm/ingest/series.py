@@ -19,6 +19,7 @@ from medsegllm.ingest.frames import frame_pixels, frame_views, is_multiframe
 from medsegllm.ingest.geometry import SeriesError, Volume, build_volume, pixels, rescale_into, slice_geometry, slice_normal
 from medsegllm.ingest.harmonize import harmonize_label, harmonize_volume, histogram, raw_histogram
 from medsegllm.ingest.pixels import NativePixels, NativeSlice, dcmread_capped, read_header, read_native
+from medsegllm.ingest.rtstruct import rtstruct_label_map
 from medsegllm.ingest.seg import SegError, SliceIndex, seg_label_map
 from medsegllm.ingest.standardize import landmarks
 
@@ -174,13 +175,13 @@ def slice_index(datasets: list[pydicom.Dataset], volume: Volume) -> SliceIndex:
     ordered = [datasets[i] for i in volume.order]
     along = np.asarray([np.asarray([float(v) for v in ds.ImagePositionPatient]) @ normal for ds in ordered])
     sop_to_z = {str(ds.SOPInstanceUID): z for z, ds in enumerate(ordered) if ds.get("SOPInstanceUID")}
-    return SliceIndex(sop_to_z, along, normal, volume.array.shape)
+    return SliceIndex(sop_to_z, along, normal, volume.array.shape, volume.affine)
 
 
 def _reject(job: SeriesJob, reason: str, specific: list[tuple[Path, str]] = ()) -> SeriesOutcome:
     named = {path for path, _ in specific}
     rows = list(specific) + [(p, reason) for p in job.files if p not in named]
-    rows += [(p, "SEG references a quarantined series") for p in job.seg_files]
+    rows += [(p, "label object (SEG/RTSTRUCT) references a quarantined series") for p in job.seg_files]
     return SeriesOutcome(quarantine=rows)
 
 
@@ -232,16 +233,19 @@ def process_series(job: SeriesJob) -> SeriesOutcome:
 
 
 def _labels(job: SeriesJob, datasets: list[pydicom.Dataset], volume: Volume, outcome: SeriesOutcome) -> np.ndarray | None:
-    """Merge every SEG of the series; the class order of SEG_CLASSES makes the maximum the override."""
+    """Merge every SEG and RTSTRUCT of the series; the class order of SEG_CLASSES makes the maximum the override."""
     if not job.seg_files:
         return None
     index = slice_index(datasets, volume)
     merged = None
     for path in job.seg_files:
+        kind = "label object"
         try:
-            label = seg_label_map(path, index)
-        except Exception as exc:  # a bad SEG loses its label, not the series
-            outcome.quarantine.append((path, f"SEG not usable: {exc if isinstance(exc, SegError) else type(exc).__name__}"))
+            ds = dcmread_capped(path, force=True)
+            kind = "RTSTRUCT" if str(ds.get("Modality", "")).strip().upper() == "RTSTRUCT" else "SEG"
+            label = rtstruct_label_map(ds, index) if kind == "RTSTRUCT" else seg_label_map(ds, index)
+        except Exception as exc:  # a bad label object loses its label, not the series
+            outcome.quarantine.append((path, f"{kind} not usable: {exc if isinstance(exc, SegError) else type(exc).__name__}"))
             continue
         outcome.n_label_files += 1
         merged = label if merged is None else np.maximum(merged, label)

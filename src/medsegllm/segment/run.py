@@ -109,7 +109,7 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
     `model` is a checkpoint path or an MLflow URI (see `load_segmenter`). A series with no
     foreground gets its NIfTI but no SEG (a SEG needs a segment) and status "no foreground". A
     series that fails is quarantined, logged and counted, never raised, so one bad series does
-    not stop the batch. SEG and SR files in the input are skipped (counted, not segmented).
+    not stop the batch. SEG, RTSTRUCT and SR files in the input are skipped (counted, not segmented).
     """
     start = time.perf_counter()
     input_dir, out_dir = Path(input_dir), Path(out_dir)
