@@ -94,7 +94,7 @@ def test_batch_with_bad_files_and_bad_series(tmp_path: Path):
     good = write_series(root / "a" / "b" / "good", [0.0, 2.0, 4.0, 6.0])
     write_series(root / "dup", [0.0, 2.0, 2.0])
     write_series(root / "gap", [0.0, 2.0, 4.0, 10.0])
-    write_series(root / "single", [0.0])
+    single = write_series(root / "single", [0.0])
     tilt = root / "orient"
     uid = write_series(tilt, [0.0, 2.0])
     ds = make_slice(uid, 4.0, 9)
@@ -120,12 +120,13 @@ def test_batch_with_bad_files_and_bad_series(tmp_path: Path):
     reasons = dict(zip(quarantine.path, quarantine.reason))
 
     assert summary["n_files"] == 4 + 3 + 4 + 1 + 3 + 2 + 6
-    assert summary["n_series"] == 2 and summary["n_image_files"] == 5
+    assert summary["n_series"] == 4 and summary["n_image_files"] == 8  # good, single, orient's two planes
     assert summary["n_report_files"] == 1 and summary["n_label_files"] == 0
-    assert summary["n_quarantined_files"] == len(quarantine) == 3 + 4 + 3 + 2 + 5
+    assert summary["n_quarantined_files"] == len(quarantine) == 3 + 4 + 2 + 5
     assert all(reasons[f"dup/img{i}"] == "duplicate slice positions within series" for i in range(3))
     assert reasons["gap/img3"].startswith("non-uniform slice spacing")
-    assert reasons["orient/odd.dcm"] == "inconsistent ImageOrientationPatient within series"
+    planes = manifest[manifest.stack_label != ""].set_index("stack_label").n_slices.to_dict()
+    assert planes == {"plane=1": 1, "plane=2": 2}  # mixed orientations: one stack per plane, as dcm2niix
     assert reasons["empty.dcm"] == "unreadable: empty file"
     assert reasons["notes.txt"] == "unreadable: not a DICOM file"
     assert reasons["header_cut.dcm"] == "not a CT/MR image: no modality"
@@ -141,7 +142,7 @@ def test_batch_with_bad_files_and_bad_series(tmp_path: Path):
     np.testing.assert_allclose(np.abs(np.diag(image.affine)[:3]), PARAMS.target_spacing)
     assert sum(row.histogram) == pytest.approx(1.0, abs=1e-5) and len(row.raw_histogram) == PARAMS.histogram_bins
     assert np.asarray(image.dataobj).min() >= 0 and np.asarray(image.dataobj).max() <= 1
-    single = manifest[manifest.n_slices == 1].iloc[0]
+    single = manifest.set_index("series_id").loc[pseudonym(single, SALT)]
     assert list(single.source_spacing) == [1.5, 2.0, 2.0]  # z spacing from SliceThickness
 
     blob = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
@@ -149,7 +150,7 @@ def test_batch_with_bad_files_and_bad_series(tmp_path: Path):
         assert secret not in blob
 
     again = run_ingest(root, out, PARAMS, SALT)
-    assert again["n_reused_series"] == 2 and again["n_quarantined_files"] == summary["n_quarantined_files"]
+    assert again["n_reused_series"] == 4 and again["n_quarantined_files"] == summary["n_quarantined_files"]
     assert tables(out)[0].equals(manifest)
 
 

@@ -255,3 +255,47 @@ def test_mr_series_reach_the_model_as_ingest_wrote_them(cohort: Path, tmp_path: 
     for _, row in mr.iterrows():
         expected, _ = load_nifti(ingested / row["volume_path"])
         np.testing.assert_allclose(inputs[row["series_id"]], expected, atol=1e-5)
+
+
+def test_enhanced_multiframe_source_gets_a_seg_on_its_frames(checkpoint: Path, cohort: Path, tmp_path: Path, monkeypatch):
+    """A Legacy Converted Enhanced CT (one file, frames in reverse position order) gets the same label
+    map as its classic slices, and a SEG whose frames reference the source frames they were drawn on."""
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+
+    classic = next(files for files in _source_series(cohort).values() if files[0].Modality == "CT")
+    classic = sorted(classic, key=lambda ds: -float(ds.ImagePositionPatient[2]))  # frames from head to foot
+    enhanced = LegacyConvertedEnhancedCTImage(classic, series_instance_uid=hd.UID(), series_number=99,
+                                              sop_instance_uid=hd.UID(), instance_number=1)
+    (tmp_path / "enhanced").mkdir()
+    enhanced.save_as(tmp_path / "enhanced" / "ct.dcm")
+    (tmp_path / "classic").mkdir()
+    for n, ds in enumerate(classic):
+        ds.save_as(tmp_path / "classic" / f"{n}.dcm")
+
+    def liver_on_one_slice(model, volume, device_id):
+        probs = np.zeros((len(SEG_CLASSES), *volume.shape), dtype=np.float32)
+        probs[0] = 1.0
+        z = volume.shape[2] // 3
+        probs[SEG_CLASSES.index("liver"), 10:30, 15:40, z] = 2.0
+        return probs
+
+    monkeypatch.setattr(segment_run, "predict_volume", liver_on_one_slice)
+    rows = {}
+    for name in ("classic", "enhanced"):
+        summary = run_segment(str(checkpoint), tmp_path / name, tmp_path / f"out_{name}", Params(), SALT)
+        assert summary["n_series"] == 1 and summary["n_failed_series"] == 0, name
+        rows[name] = summary["series"][0]
+    label, _ = load_nifti(tmp_path / "out_enhanced" / rows["enhanced"]["nifti"])
+    np.testing.assert_array_equal(label, load_nifti(tmp_path / "out_classic" / rows["classic"]["nifti"])[0])
+    labelled = np.flatnonzero(label.any(axis=(0, 1)))  # source slices (position order) the liver reaches
+    seg = hd.seg.segread(tmp_path / "out_enhanced" / rows["enhanced"]["seg"])
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == enhanced.SeriesInstanceUID
+    assert seg.NumberOfFrames == len(labelled) > 0
+    seen = []
+    for i, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        source = group.DerivationImageSequence[0].SourceImageSequence[0]
+        assert source.ReferencedSOPInstanceUID == enhanced.SOPInstanceUID
+        z = len(classic) - int(source.ReferencedFrameNumber)  # 1-based frames run against position order
+        np.testing.assert_array_equal(seg.pixel_array[i].astype(bool), label[:, :, z].T == SEG_CLASSES.index("liver"))
+        seen.append(z)
+    assert sorted(seen) == list(labelled)

@@ -14,7 +14,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from medsegllm.bench.timing import paired_ratio, ratio, summary, timed
 from medsegllm.config import IngestParams
 from medsegllm.ingest.geometry import Volume, build_volume
 from medsegllm.ingest.harmonize import harmonize_volume
-from medsegllm.ingest.scan import scan
+from medsegllm.ingest.scan import group_series, scan
 from medsegllm.ingest.series import decode_series
 from medsegllm.synth.dicom import new_instance
 
@@ -67,9 +66,7 @@ def write_ct_series(folder: Path, n_slices: int, size: int, seed: int = 0) -> di
 def read_ours(folder: Path) -> Volume:
     """Ingest's own read-and-assemble: scan headers, group by series, decode, sort, stack."""
     scanned = scan(folder)
-    groups: dict[str, list] = defaultdict(list)
-    for header in scanned.images:
-        groups[header.series_uid].append(header)
+    groups = group_series(scanned.images)
     if len(groups) != 1 or scanned.quarantine:
         raise RuntimeError("benchmark series did not scan as exactly one clean series")
     headers = sorted(next(iter(groups.values())), key=lambda h: str(h.path))

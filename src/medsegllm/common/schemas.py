@@ -10,7 +10,8 @@ import pyarrow as pa
 
 MANIFEST = pa.schema(
     [
-        ("series_id", pa.string()),  # pseudonym of SeriesInstanceUID; also the file stem
+        ("series_id", pa.string()),  # pseudonym of SeriesInstanceUID (+ "#" + stack when split); also the file stem
+        ("stack_label", pa.string()),  # "" for a whole series; which stack of a split series: "echo=2", "type=P", "plane=1"
         ("study_id", pa.string()),  # pseudonym of StudyInstanceUID
         ("patient_id", pa.string()),  # pseudonym of PatientID
         ("accession_id", pa.string()),  # pseudonym of AccessionNumber: the link to reports

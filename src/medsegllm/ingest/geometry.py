@@ -15,6 +15,7 @@ import pydicom
 
 GAP_TOLERANCE = 0.10  # relative deviation of a slice gap from the median gap
 DUPLICATE_MM = 1e-3
+SAME_ORIENTATION = 1e-4  # largest direction-cosine difference between slices of one stack
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Largest plausible field of view (bores are under 1 m; a whole body under 2.5 m): beyond it the
 # geometry is corrupt, and resampling it to the target spacing would try to allocate gigabytes.
@@ -46,7 +47,7 @@ def _floats(ds: pydicom.Dataset, keyword: str, n: int) -> np.ndarray:
 def slice_geometry(datasets: list[pydicom.Dataset]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int], float]:
     """Check one orientation, grid and spacing; return (row dir, col dir, origin, z order, slice step)."""
     orientations = np.stack([_floats(ds, "ImageOrientationPatient", 6) for ds in datasets])
-    if np.abs(orientations - orientations[0]).max() > 1e-4:
+    if np.abs(orientations - orientations[0]).max() > SAME_ORIENTATION:
         raise SeriesError("inconsistent ImageOrientationPatient within series")
     grids = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
     if len(grids) > 1:

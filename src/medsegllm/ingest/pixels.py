@@ -108,6 +108,7 @@ def _read_header(path: Path, force: bool) -> tuple[pydicom.Dataset, NativePixels
 def _parse(handle: io.IOBase, force: bool) -> tuple[pydicom.Dataset, bytes, int]:
     """The header, and the (up to) 12 bytes that follow it with their file offset."""
     ds = pydicom.dcmread(handle, stop_before_pixels=True, force=force)
+    ds.buffer = None  # nothing is read lazily later: do not keep the in-memory prefix alive
     # dcmread(stop_before_pixels) leaves the handle at the pixel data element's tag
     element = handle.read(12)
     return ds, element, handle.tell() - len(element)

@@ -28,7 +28,7 @@ from medsegllm.common.schemas import MANIFEST
 from medsegllm.config import IngestParams
 from medsegllm.ingest.identity import device_id, pseudonyms
 from medsegllm.ingest.quarantine import quarantine_table
-from medsegllm.ingest.scan import ImageHeader, ScanResult, SegHeader, scan
+from medsegllm.ingest.scan import ImageHeader, ScanResult, SegHeader, group_series, scan
 from medsegllm.ingest.series import SeriesJob, SeriesOutcome, process_series
 from medsegllm.ingest.standardize import STANDARDIZATION_FILE, standardize
 
@@ -72,8 +72,11 @@ def _seg_targets(scanned: ScanResult, series: dict[str, list[ImageHeader]]) -> t
 
 
 def _targets(seg: SegHeader, series: dict[str, list[ImageHeader]], sop_to_series: dict[str, str]) -> set[str]:
-    by_series = {uid for uid in seg.referenced_series if uid in series}
-    return by_series or {sop_to_series[s] for s in seg.referenced_sops if s in sop_to_series}
+    """The series keys a label object belongs to: by series UID, narrowed by its instance UIDs where
+    that UID was split into stacks; by instance UIDs alone when it names no series of the input."""
+    by_series = {key for key, headers in series.items() if headers[0].series_uid in seg.referenced_series}
+    by_sop = {sop_to_series[s] for s in seg.referenced_sops if s in sop_to_series}
+    return (by_series & by_sop) or by_series or by_sop
 
 
 def _previous_rows(out_dir: Path) -> dict[str, dict]:
@@ -85,7 +88,9 @@ def _previous_rows(out_dir: Path) -> dict[str, dict]:
 
 def _reusable(row: dict | None, job: SeriesJob) -> bool:
     """Same inputs and outputs still on disk; SEG outcomes are not stored, so only a clean label is reused."""
-    if row is None or row["input_hash"] != job.input_hash or not (job.out_dir / row["volume_path"]).exists():
+    if row is None or row["input_hash"] != job.input_hash or row.get("stack_label") != job.stack:
+        return False
+    if not (job.out_dir / row["volume_path"]).exists():
         return False
     if job.seg_files:
         return len(job.seg_files) == 1 and bool(row["has_label"]) and (job.out_dir / row["label_path"]).exists()
@@ -94,23 +99,24 @@ def _reusable(row: dict | None, job: SeriesJob) -> bool:
 
 def _jobs(series: dict[str, list[ImageHeader]], segs: dict[str, list[Path]], out_dir: Path, params: IngestParams, salt: str) -> list[SeriesJob]:
     jobs = []
-    for uid in sorted(series):
-        headers = sorted(series[uid], key=lambda h: str(h.path))
+    for key in sorted(series):
+        headers = sorted(series[key], key=lambda h: str(h.path))
         first = headers[0]
         files = [h.path for h in headers]
         jobs.append(
             SeriesJob(
                 files=files,
                 native=[h.native for h in headers],
-                seg_files=sorted(segs.get(uid, [])),
+                seg_files=sorted(segs.get(key, [])),
                 out_dir=out_dir,
                 params=params,
-                identity=pseudonyms(uid, first.study_uid, first.patient_id, first.accession, salt),
+                identity=pseudonyms(key, first.study_uid, first.patient_id, first.accession, salt),
+                stack=first.stack,
                 modality=first.modality,
                 manufacturer=first.manufacturer,
                 model_name=first.model_name,
                 device_id=device_id(first.manufacturer, first.model_name),
-                input_hash=input_hash(files + sorted(segs.get(uid, [])), params),
+                input_hash=input_hash(files + sorted(segs.get(key, [])), params),
             )
         )
     return jobs
@@ -145,9 +151,7 @@ def run_ingest(input_dir: Path, out_dir: Path, params: IngestParams, salt: str, 
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     remove_partials(out_dir)
     scanned = scan(input_dir)
-    series: dict[str, list[ImageHeader]] = defaultdict(list)
-    for header in scanned.images:
-        series[header.series_uid].append(header)
+    series = group_series(scanned.images)
     segs, quarantine = _seg_targets(scanned, series)
     quarantine = scanned.quarantine + quarantine
     previous = _previous_rows(out_dir)

@@ -32,6 +32,7 @@ class SeriesJob:
     out_dir: Path
     params: IngestParams
     identity: dict[str, str]  # pseudonyms: series_id, study_id, patient_id, accession_id
+    stack: str  # "" for a whole series, else which stack of a split one (scan.group_series)
     modality: str
     manufacturer: str
     model_name: str
@@ -212,6 +213,7 @@ def process_series(job: SeriesJob) -> SeriesOutcome:
         save_nifti(job.out_dir / label_path, label_grid, affine)
     outcome.row = {
         **job.identity,
+        "stack_label": job.stack,
         "modality": job.modality,
         "device_id": job.device_id,
         "manufacturer": job.manufacturer,

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import torch
 from scipy.ndimage import affine_transform
 from torch import nn
@@ -22,11 +22,12 @@ from torch import nn
 from medsegllm.common.deid import pseudonym
 from medsegllm.common.io import remove_partials, save_nifti, spacing_of, write_json, write_parquet
 from medsegllm.config import Params
-from medsegllm.ingest.geometry import SeriesError, build_volume
+from medsegllm.ingest.frames import frame_views, is_multiframe
+from medsegllm.ingest.geometry import SeriesError, build_volume, slice_normal
 from medsegllm.ingest.harmonize import harmonize_volume
 from medsegllm.ingest.quarantine import quarantine_table
 from medsegllm.ingest.identity import device_id
-from medsegllm.ingest.scan import ImageHeader, scan
+from medsegllm.ingest.scan import ImageHeader, group_series, scan
 from medsegllm.ingest.series import decode_series
 from medsegllm.ingest.standardize import apply_map, series_map
 from medsegllm.knowledge import SEG_CLASSES
@@ -94,12 +95,29 @@ def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str,
         "status": NO_FOREGROUND,
     }
     if present_classes(label):
-        seg = write_seg(out_dir / f"{series_id}.seg.dcm", label, [datasets[i] for i in volume.order])
+        source, seg_label = _seg_source(files, [datasets[i] for i in volume.order], label)
+        seg = write_seg(out_dir / f"{series_id}.seg.dcm", seg_label, source)
         row.update(seg=f"{series_id}.seg.dcm", status="ok", **seg)
     seconds = time.perf_counter() - start
     row.update(seconds=round(seconds, 3), predict_seconds=round(predict_seconds, 3),
                slices_per_s=round(row["n_slices"] / max(seconds, 1e-9), 2))
     return row, []
+
+
+def _seg_source(files: list[Path], ordered: list[pydicom.Dataset], label: np.ndarray) -> tuple[list[pydicom.Dataset], np.ndarray]:
+    """What the SEG references and its label planes in that order: the sorted slices of a classic
+    series, or the frames of an enhanced multi-frame file (frame i of the SEG derives from frame i of
+    the source, so the planes go back from position order to the file's frame order)."""
+    if len(files) > 1:
+        return ordered, label
+    source = pydicom.dcmread(files[0], stop_before_pixels=True, force=True)  # just decoded: its lengths are sane
+    if not is_multiframe(source):
+        return ordered, label
+    normal = slice_normal(ordered[0])
+    along = np.asarray([[float(v) for v in ds.ImagePositionPatient] for ds in ordered]) @ normal
+    frames = np.asarray([[float(v) for v in view.ImagePositionPatient] for view in frame_views(source)]) @ normal
+    z_of_frame = [int(np.argmin(np.abs(along - position))) for position in frames]
+    return [source], label[:, :, z_of_frame]
 
 
 def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt: str, base_dir: Path | None = None) -> dict:
@@ -122,13 +140,11 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
         network = network.to("cuda")
     load_seconds = time.perf_counter() - start
     scanned = scan(input_dir)
-    series: dict[str, list[ImageHeader]] = defaultdict(list)
-    for header in scanned.images:
-        series[header.series_uid].append(header)
+    series = group_series(scanned.images)
     rows, quarantine, n_failed = [], list(scanned.quarantine), 0
-    for uid in sorted(series):
-        headers = sorted(series[uid], key=lambda h: str(h.path))
-        series_id = pseudonym(uid, salt)
+    for key in sorted(series):
+        headers = sorted(series[key], key=lambda h: str(h.path))
+        series_id = pseudonym(key, salt)
         try:
             row, rejected = segment_series(network, headers, series_id, out_dir, params, meta.get("mr_standardization"))
         except Exception as exc:  # a failure is a property of this series; the batch goes on
