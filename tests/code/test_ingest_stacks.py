@@ -10,7 +10,8 @@ from pydicom.uid import generate_uid
 
 from medsegllm.common.deid import pseudonym
 from medsegllm.ingest.run import _targets, run_ingest
-from medsegllm.ingest.scan import SegHeader, group_series, scan
+from medsegllm.ingest.scan import SegHeader, scan
+from medsegllm.ingest.stacks import group_series
 from tests.code.test_ingest_scan import PARAMS, SALT, make_slice
 
 AXIAL, CORONAL, SAGITTAL = [1, 0, 0, 0, 1, 0], [1, 0, 0, 0, 0, -1], [0, 1, 0, 0, 0, -1]

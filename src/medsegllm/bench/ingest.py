@@ -24,7 +24,8 @@ from medsegllm.bench.timing import paired_ratio, ratio, summary, timed
 from medsegllm.config import IngestParams
 from medsegllm.ingest.geometry import Volume, build_volume
 from medsegllm.ingest.harmonize import harmonize_volume
-from medsegllm.ingest.scan import group_series, scan
+from medsegllm.ingest.scan import scan
+from medsegllm.ingest.stacks import group_series
 from medsegllm.ingest.series import decode_series
 from medsegllm.synth.dicom import new_instance
 

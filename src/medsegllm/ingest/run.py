@@ -28,7 +28,8 @@ from medsegllm.common.schemas import MANIFEST
 from medsegllm.config import IngestParams
 from medsegllm.ingest.identity import device_id, pseudonyms
 from medsegllm.ingest.quarantine import quarantine_table
-from medsegllm.ingest.scan import ImageHeader, ScanResult, SegHeader, group_series, scan
+from medsegllm.ingest.scan import ImageHeader, ScanResult, SegHeader, scan
+from medsegllm.ingest.stacks import group_series
 from medsegllm.ingest.series import SeriesJob, SeriesOutcome, process_series
 from medsegllm.ingest.standardize import STANDARDIZATION_FILE, standardize
 

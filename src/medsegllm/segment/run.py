@@ -27,7 +27,8 @@ from medsegllm.ingest.geometry import SeriesError, build_volume, slice_normal
 from medsegllm.ingest.harmonize import harmonize_volume
 from medsegllm.ingest.quarantine import quarantine_table
 from medsegllm.ingest.identity import device_id
-from medsegllm.ingest.scan import ImageHeader, group_series, scan
+from medsegllm.ingest.scan import ImageHeader, scan
+from medsegllm.ingest.stacks import group_series
 from medsegllm.ingest.series import decode_series
 from medsegllm.ingest.standardize import apply_map, series_map
 from medsegllm.knowledge import SEG_CLASSES
