@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 
 def test_bench_tiny_run_writes_every_section(tmp_path: Path) -> None:
     out_md, out_json = tmp_path / "BENCHMARKS.md", tmp_path / "bench" / "results.json"
-    main(["--slices", "6", "--size", "48", "--reps", "1", "--train-steps", "1", "--batch-size", "4",
+    main(["--slices", "6", "--size", "48", "--reps", "1", "--ingest-cohort", "3", "4", "32", "--train-steps", "1", "--batch-size", "4",
           "--train-series", "2", "--train-shape", "40", "40", "4", "--infer-shape", "40", "40", "3",
           "--infer-reps", "1", "--channels", "8", "16", "--no-pipeline", "--data-dir", str(tmp_path / "no-demo"), "--gpu-json", str(tmp_path / "no-gpu.json"),
           "--out-md", str(out_md), "--out-json", str(out_json)])
@@ -25,6 +25,9 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path) -> None:
     assert ingest["ours"]["median_s"] > 0 and ingest["monai_loadimage"]["median_s"] > 0
     assert ingest["harmonize"]["median_s"] > 0
     assert [g["goal"] for g in ingest["goals"]]
+    workers = ingest["workers"]
+    assert workers["n_files"] == 12 and workers["import_s"] > 0 and workers["speedup_2_over_1"] > 0
+    assert all(workers[f"workers_{n}"]["series_per_s"] > 0 for n in (1, 2))
     cpu = results["devices"][0]
     assert cpu["device"] == "cpu"
     for key in ("monai_loop", "engine_unet_baseline", "engine_medsegllm"):
@@ -38,7 +41,15 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path) -> None:
     assert "No complete demo run found" in text
     assert "Not run (`--no-pipeline`)" in text
     assert "No GPU run recorded" in text
-    assert render(results) == text
+    assert render(results) == text and "| 2 | " in text
+
+    main(["--only", "ingest", "--slices", "4", "--size", "32", "--reps", "1", "--ingest-cohort", "2", "3", "32",
+          "--out-md", str(out_md), "--out-json", str(out_json)])
+    again = json.loads(out_json.read_text())
+    assert again["ingest"]["series"]["volume_shape"] == [32, 32, 4] and again["ingest"]["workers"]["n_files"] == 6
+    assert {k: v for k, v in again.items() if k not in ("ingest", "remeasured")} == {k: v for k, v in results.items() if k != "ingest"}
+    assert [e["section"] for e in again["remeasured"]] == ["ingest"]
+    assert "re-measured" in out_md.read_text() and render(again) == out_md.read_text()
 
 
 def test_render_reports_demo_run_when_present(tmp_path: Path) -> None:

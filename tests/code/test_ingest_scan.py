@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import random
+import re
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medsegllm.common.deid import pseudonym
 from medsegllm.config import IngestParams
 from medsegllm.ingest.geometry import build_volume, pixels
-from medsegllm.ingest.identity import device_id
+from medsegllm.ingest.identity import device_id, station_token
 from medsegllm.ingest.run import run_ingest
+from medsegllm.ingest.scan import ScanResult, scan
 
 PARAMS = IngestParams(target_spacing=(2.0, 2.0, 2.0), pseudonymize_paths=False)  # reasons checked by file name
 SALT = "unit-salt"
@@ -89,8 +94,32 @@ def test_device_slug(manufacturer: str, model: str, expected: str):
     assert device_id(manufacturer, model) == expected
 
 
-def test_batch_with_bad_files_and_bad_series(tmp_path: Path):
-    root = tmp_path / "in"
+def test_station_token_tells_two_scanners_of_one_model_apart(tmp_path: Path):
+    uids = {}
+    for station in ("CT-ROOM-3 ST MARY", "MR2OC", ""):
+        folder = tmp_path / "in" / (station or "none")
+        uids[station] = write_series(folder, [0.0, 2.0])
+        for path in folder.iterdir():
+            ds = dcmread(path)
+            ds.StationName = station
+            ds.save_as(path, enforce_file_format=True)
+    out = tmp_path / "out"
+    run_ingest(tmp_path / "in", out, PARAMS, SALT)
+    assert set(tables(out)[0].device_id) == {"ge_medical_systems_signa_artist"}
+    summary = run_ingest(tmp_path / "in", out, PARAMS.model_copy(update={"device_station": True}), SALT)
+    devices = tables(out)[0].set_index("series_id").device_id
+    assert summary["n_reused_series"] == 1  # only the series without a station keeps its id; no row is reused with an old one
+    base = "ge_medical_systems_signa_artist"
+    assert devices[pseudonym(uids[""], SALT)] == base
+    tokens = {station: devices[pseudonym(uids[station], SALT)] for station in ("CT-ROOM-3 ST MARY", "MR2OC")}
+    assert len(set(tokens.values())) == 2 and all(re.fullmatch(base + "_st[0-9a-f]{6}", t) for t in tokens.values())
+    assert tokens["MR2OC"] == f"{base}_st{station_token('MR2OC', SALT)}" != f"{base}_st{station_token('MR2OC', 'other')}"
+    blob = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+    assert b"ST MARY" not in blob and b"MR2OC" not in blob
+
+
+def write_bad_batch(root: Path) -> tuple[str, str]:
+    """A tree with good series and every kind of bad file and bad series; the UIDs of a 4-slice and a 1-slice good series."""
     good = write_series(root / "a" / "b" / "good", [0.0, 2.0, 4.0, 6.0])
     write_series(root / "dup", [0.0, 2.0, 2.0])
     write_series(root / "gap", [0.0, 2.0, 4.0, 10.0])
@@ -113,6 +142,12 @@ def test_batch_with_bad_files_and_bad_series(tmp_path: Path):
     mf = make_slice(generate_uid(), 0.0, 1)
     mf.NumberOfFrames = 2
     mf.save_as(root / "multiframe.dcm", enforce_file_format=True)
+    return good, single
+
+
+def test_batch_with_bad_files_and_bad_series(tmp_path: Path):
+    root = tmp_path / "in"
+    good, single = write_bad_batch(root)
 
     out = tmp_path / "out"
     summary = run_ingest(root, out, PARAMS, SALT)
@@ -152,6 +187,30 @@ def test_batch_with_bad_files_and_bad_series(tmp_path: Path):
     again = run_ingest(root, out, PARAMS, SALT)
     assert again["n_reused_series"] == 4 and again["n_quarantined_files"] == summary["n_quarantined_files"]
     assert tables(out)[0].equals(manifest)
+
+
+def _scanned(result: ScanResult) -> tuple:
+    images = [(h.path, h.series_uid, h.sop_uid, h.echo, h.orientation, h.native and h.native.native,
+               h.native and dict(h.native.view.items())) for h in result.images]
+    return result.n_files, images, [(s.path, s.referenced_series, s.kind) for s in result.segs], result.reports, result.quarantine
+
+
+def test_scan_in_worker_chunks_equals_the_serial_scan(tmp_path: Path):
+    write_bad_batch(tmp_path / "in")
+    serial = scan(tmp_path / "in")
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        chunked = scan(tmp_path / "in", pool, chunk_files=4)
+    assert serial.n_files == 23 and len(serial.quarantine) == 3 and serial.reports and len(serial.images) > 12
+    assert _scanned(chunked) == _scanned(serial)
+
+
+def test_two_workers_write_what_one_writes(tmp_path: Path):
+    write_bad_batch(tmp_path / "in")
+    for workers in (1, 2):
+        run_ingest(tmp_path / "in", tmp_path / f"out{workers}", PARAMS, SALT, workers=workers)
+    (m1, q1), (m2, q2) = tables(tmp_path / "out1"), tables(tmp_path / "out2")
+    assert m1.drop(columns="ingested_utc", errors="ignore").equals(m2.drop(columns="ingested_utc", errors="ignore"))
+    assert q1.equals(q2)
 
 
 def test_empty_input_writes_empty_tables(tmp_path: Path):

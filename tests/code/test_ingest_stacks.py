@@ -79,3 +79,23 @@ def test_a_label_object_follows_the_stack_whose_images_it_references(tmp_path: P
     seg = SegHeader(tmp_path / "seg", {uid}, {sops[2], sops[3]})  # echo 2's images
     assert _targets(seg, series, sop_to_series) == {f"{uid}#echo=2"}
     assert _targets(SegHeader(tmp_path / "seg", {uid}, set()), series, sop_to_series) == set(series)  # ambiguous
+
+
+def test_time_points_become_stacks(tmp_path: Path):
+    """A 4D series: TemporalPositionIdentifier always splits; TriggerTime and AcquisitionNumber split only
+    where positions repeat and they tell every repeat apart."""
+    dynamic, cardiac, gated, unexplained = (generate_uid() for _ in range(4))
+    _write(tmp_path / "in" / "dce", dynamic, [{"z": z, "TemporalPositionIdentifier": t} for t in (1, 2, 3) for z in (0, 2, 4)])
+    _write(tmp_path / "in" / "cine", cardiac, [{"z": z, "TriggerTime": t} for t in ("0", "350.5") for z in (0, 2)])
+    # a 3D gated series: every slice has its own trigger time, positions never repeat: one volume
+    _write(tmp_path / "in" / "gated", gated, [{"z": z, "TriggerTime": str(100 + 7 * n)} for n, z in enumerate((0, 2, 4))])
+    # repeats that AcquisitionNumber does not explain (both repeats in acquisition 1): still quarantined
+    _write(tmp_path / "in" / "dup", unexplained, [{"z": z, "AcquisitionNumber": a} for z, a in ((0, 1), (0, 1), (2, 2))])
+    manifest, quarantine, summary = _ingest(tmp_path / "in", tmp_path / "out")
+    stacks = dict(zip(manifest.series_id, zip(manifest.stack_label, manifest.n_slices)))
+    assert stacks == {
+        **{pseudonym(f"{dynamic}#time={t}", SALT): (f"time={t}", 3) for t in (1, 2, 3)},
+        pseudonym(f"{cardiac}#trigger=0", SALT): ("trigger=0", 2), pseudonym(f"{cardiac}#trigger=350.5", SALT): ("trigger=350.5", 2),
+        pseudonym(gated, SALT): ("", 3),
+    }
+    assert list(quarantine.reason.unique()) == ["duplicate slice positions within series"] and len(quarantine) == 3

@@ -9,6 +9,7 @@ parsed) is the floor any reader of the folder pays.
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import subprocess
@@ -24,6 +25,7 @@ from medsegllm.bench.timing import paired_ratio, ratio, summary, timed
 from medsegllm.config import IngestParams
 from medsegllm.ingest.geometry import Volume, build_volume
 from medsegllm.ingest.harmonize import harmonize_volume
+from medsegllm.ingest.run import WORKER_IMPORTS, run_ingest
 from medsegllm.ingest.scan import scan
 from medsegllm.ingest.stacks import group_series
 from medsegllm.ingest.series import decode_series
@@ -109,6 +111,41 @@ def read_monai(folder: Path) -> object:
     return LoadImage(reader="PydicomReader", image_only=True)(str(folder))
 
 
+def import_seconds(modules: str) -> float:
+    """Wall time of a fresh interpreter importing `modules` (what a stage or a spawned worker pays once)."""
+    seconds, _ = timed(lambda: subprocess.run([sys.executable, "-c", f"import {modules}"], check=True))
+    return seconds
+
+
+def bench_workers(workdir: Path, n_series: int, n_slices: int, size: int, reps: int) -> dict:
+    """`run_ingest` end to end (scan, decode, harmonize, de-identify, write) on a cohort of series, with 1
+    and 2 workers, each into a fresh output folder. One untimed run per worker count first: it pays the
+    one-time import of the workers' libraries (timed on its own), so the figures are throughput."""
+    root = workdir / "cohort"
+    for index in range(n_series):
+        write_ct_series(root / f"series{index:03d}", n_slices, size, seed=index)
+    n_files = n_series * n_slices
+    mib = n_files * size * size * 2 / 2**20
+    results: dict = {"n_series": n_series, "n_files": n_files, "megabytes": round(mib, 1),
+                     "slices": n_slices, "size": size, "cpu_count": os.cpu_count(),
+                     "import_s": import_seconds(", ".join(WORKER_IMPORTS))}
+    times: dict[int, list[float]] = {1: [], 2: []}
+    for rep in range(reps + 1):  # rep 0 warms up: imports in this process and in the forkserver
+        for workers in times:
+            out = workdir / f"ingest-out-{workers}-{rep}"
+            seconds, _ = timed(lambda: run_ingest(root, out, IngestParams(), "bench-salt", workers=workers))
+            shutil.rmtree(out, ignore_errors=True)
+            if rep:
+                times[workers].append(seconds)
+    for workers, runs in times.items():
+        median = statistics.median(runs)
+        results[f"workers_{workers}"] = {**summary(runs), "series_per_s": n_series / median,
+                                         "files_per_s": n_files / median, "mib_per_s": mib / median}
+    results["speedup_2_over_1"] = paired_ratio(times[1], times[2])
+    shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
 def _repeat(fn, reps: int) -> dict:
     """Run `fn` up to `reps` times; one run only when the first is slower than SLOW_SECONDS."""
     times = [timed(fn)[0]]
@@ -117,8 +154,9 @@ def _repeat(fn, reps: int) -> dict:
     return summary(times)
 
 
-def bench_ingest(n_slices: int, size: int, reps: int, workdir: Path) -> dict:
-    """Write the series, then time the three readers back to back and harmonization separately."""
+def bench_ingest(n_slices: int, size: int, reps: int, workdir: Path, cohort: tuple[int, int, int] = (16, 64, 256)) -> dict:
+    """Write the series, then time the three readers back to back and harmonization separately; then
+    the whole stage's throughput with 1 and 2 workers on a cohort of (series, slices, size) series."""
     folder = workdir / "ct_series"
     write_s, series = timed(lambda: write_ct_series(folder, n_slices, size))
     volume = read_ours(folder)  # warm the page cache and imports so run 1 is not a cold outlier
@@ -157,4 +195,5 @@ def bench_ingest(n_slices: int, size: int, reps: int, workdir: Path) -> dict:
          "measure": "paired our s / dcm2niix s", "met": dcm_x is not None and dcm_x <= 3.0},
     ]
     shutil.rmtree(folder, ignore_errors=True)
+    results["workers"] = bench_workers(workdir, *cohort, reps)
     return results

@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slices", type=int, default=200, help="slices of the synthetic CT series")
     parser.add_argument("--size", type=int, default=512, help="rows = columns of each CT slice")
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions per ingest/training contender (median)")
+    parser.add_argument("--ingest-cohort", type=int, nargs=3, default=(16, 64, 256), metavar=("SERIES", "SLICES", "SIZE"),
+                        help="cohort for the whole ingest stage's throughput with 1 and 2 workers")
     parser.add_argument("--train-steps", type=int, default=15, help="training steps per timed repetition")
     parser.add_argument("--batch-size", type=int, default=16, help="training batch size (params.yaml default: 16)")
     parser.add_argument("--train-series", type=int, default=8, help="synthetic in-memory training series")
@@ -65,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpu-json", type=Path, default=Path("benchmarks/gpu.json"),
                         help="a GPU run of benchmarks/gpu.sh to report beside this run's figures, if present")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a fresh temp folder)")
+    parser.add_argument("--only", choices=["ingest"], default=None,
+                        help="re-measure this section only and keep every other figure of --out-json's run "
+                             "(the file says which run each section comes from)")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.extra_seeds < 0:
         parser.error("--seeds must be >= 1 and --extra-seeds >= 0")
@@ -91,7 +96,7 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
     }
     with tempfile.TemporaryDirectory(prefix="medsegllm-bench-", dir=args.workdir) as work:
         print(f"[bench] ingest: {args.slices} x {args.size}^2 CT series", file=sys.stderr)
-        results["ingest"] = bench_ingest(args.slices, args.size, args.reps, Path(work))
+        results["ingest"] = bench_ingest(args.slices, args.size, args.reps, Path(work), tuple(args.ingest_cohort))
     results["devices"] = []
     for device in devices():
         print(f"[bench] training + inference on {device}", file=sys.stderr)
@@ -115,6 +120,21 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
     results["gpu_run"] = json.loads(gpu_json.read_text()) if gpu_json.exists() else None
     results["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     results["total_seconds"] = time.perf_counter() - started
+    return results
+
+
+def remeasure(args: argparse.Namespace, command: str) -> dict:
+    """The last full run's results with `args.only` measured again, and that run's provenance noted."""
+    results = json.loads(Path(args.out_json).read_text())
+    started = time.perf_counter()
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    machine = machine_info()
+    with tempfile.TemporaryDirectory(prefix="medsegllm-bench-", dir=args.workdir) as work:
+        print(f"[bench] ingest only: {args.slices} x {args.size}^2 CT series", file=sys.stderr)
+        results["ingest"] = bench_ingest(args.slices, args.size, args.reps, Path(work), tuple(args.ingest_cohort))
+    earlier = [e for e in results.get("remeasured", []) if e["section"] != args.only]
+    results["remeasured"] = [*earlier, {"section": args.only, "command": command, "started_utc": when,
+                                        "machine": machine, "seconds": round(time.perf_counter() - started, 1)}]
     return results
 
 
@@ -142,6 +162,6 @@ def write_outputs(results: dict, out_md: Path, out_json: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     command = "python -m medsegllm.bench " + shlex.join(sys.argv[1:] if argv is None else argv)
-    results = run_bench(args, command.strip())
+    results = remeasure(args, command.strip()) if args.only else run_bench(args, command.strip())
     write_outputs(results, args.out_md, args.out_json)
-    print(f"[bench] wrote {args.out_md} and {args.out_json} in {results['total_seconds']:.0f} s", file=sys.stderr)
+    print(f"[bench] wrote {args.out_md} and {args.out_json}", file=sys.stderr)

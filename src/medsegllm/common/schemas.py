@@ -11,12 +11,12 @@ import pyarrow as pa
 MANIFEST = pa.schema(
     [
         ("series_id", pa.string()),  # pseudonym of SeriesInstanceUID (+ "#" + stack when split); also the file stem
-        ("stack_label", pa.string()),  # "" for a whole series; which stack of a split series: "echo=2", "type=P", "plane=1"
+        ("stack_label", pa.string()),  # "" for a whole series; which stack of a split series: "echo=2", "type=P", "plane=1", "time=3"
         ("study_id", pa.string()),  # pseudonym of StudyInstanceUID
         ("patient_id", pa.string()),  # pseudonym of PatientID
         ("accession_id", pa.string()),  # pseudonym of AccessionNumber: the link to reports
         ("modality", pa.string()),  # "CT" or "MR"
-        ("device_id", pa.string()),  # normalized Manufacturer + ManufacturerModelName
+        ("device_id", pa.string()),  # normalized Manufacturer + ManufacturerModelName (+ "_st" + salted StationName token, ingest.device_station)
         ("manufacturer", pa.string()),
         ("model_name", pa.string()),
         ("n_slices", pa.int32()),

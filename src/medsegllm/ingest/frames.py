@@ -13,6 +13,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from medsegllm.ingest.geometry import SeriesError, rescaled
+from medsegllm.ingest.values import header_get
 
 # functional group -> attributes copied from its single item onto each frame view
 FRAME_GROUPS = {
@@ -24,7 +25,7 @@ FRAME_GROUPS = {
 
 
 def is_multiframe(ds: Dataset) -> bool:
-    return "PerFrameFunctionalGroupsSequence" in ds or int(ds.get("NumberOfFrames", 1) or 1) > 1
+    return "PerFrameFunctionalGroupsSequence" in ds or int(header_get(ds, "NumberOfFrames", 1) or 1) > 1
 
 
 def _group(item: Dataset, shared: Dataset, keyword: str) -> Dataset | None:

@@ -12,11 +12,20 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
-def device_id(manufacturer: str, model_name: str) -> str:
-    """slug(Manufacturer) + "_" + slug(ManufacturerModelName); 'unknown' for a missing part or both."""
+def device_id(manufacturer: str, model_name: str, station: str = "") -> str:
+    """slug(Manufacturer) + "_" + slug(ManufacturerModelName); 'unknown' for a missing part or both.
+    `station` (a `station_token`) is appended as "_st<token>" to tell apart two scanners of one model."""
     if not slug(manufacturer) and not slug(model_name):
-        return "unknown"
-    return f"{slug(manufacturer) or 'unknown'}_{slug(model_name) or 'unknown'}"
+        base = "unknown"
+    else:
+        base = f"{slug(manufacturer) or 'unknown'}_{slug(model_name) or 'unknown'}"
+    return f"{base}_st{station}" if station else base
+
+
+def station_token(station_name: str, salt: str) -> str:
+    """Six hex digits of a salted pseudonym of StationName ('' when blank): a scanner's own name may
+    identify the site (PS3.15 replaces it), so only this leaves ingest."""
+    return pseudonym(f"station:{station_name}", salt)[:6] if station_name.strip() else ""
 
 
 def pseudonyms(series_uid: str, study_uid: str, patient_id: str, accession: str, salt: str) -> dict[str, str]:

@@ -23,6 +23,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medsegllm.ingest.frames import is_multiframe
+from medsegllm.ingest.values import header_get
 
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little-endian
 IMPLICIT_BY_SYNTAX = {ImplicitVRLittleEndian: True, ExplicitVRLittleEndian: False}
@@ -129,11 +130,11 @@ def native_slice(ds: pydicom.Dataset, native: NativePixels | None) -> NativeSlic
 def _image_attributes(ds: pydicom.Dataset) -> tuple[int, int, int, int, int, int] | None:
     """(frames, rows, columns, bits allocated, bits stored, pixel representation) when all are plain, valid integers."""
     try:
-        frames = int(ds.NumberOfFrames) if "NumberOfFrames" in ds else 1
-        values = (frames, int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated), int(ds.BitsStored), int(ds.PixelRepresentation))
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        photometric = str(ds.PhotometricInterpretation).strip()
-    except (AttributeError, KeyError, TypeError, ValueError):
+        frames = int(header_get(ds, "NumberOfFrames")) if "NumberOfFrames" in ds else 1
+        values = (frames, *(int(header_get(ds, k)) for k in ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation")))
+        samples = int(header_get(ds, "SamplesPerPixel", 1) or 1)
+        photometric = str(header_get(ds, "PhotometricInterpretation", "")).strip()
+    except (AttributeError, KeyError, TypeError, ValueError):  # absent (None) or malformed
         return None
     frames, rows, columns, allocated, stored, representation = values
     if samples != 1 or photometric not in GRAYSCALE or min(frames, rows, columns) < 1 or columns > 2**16 - 1:

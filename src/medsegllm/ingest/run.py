@@ -15,6 +15,7 @@ import sys
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
@@ -26,7 +27,7 @@ from medsegllm.common.deid import salt_fingerprint
 from medsegllm.common.io import remove_partials, write_json, write_parquet
 from medsegllm.common.schemas import MANIFEST
 from medsegllm.config import IngestParams
-from medsegllm.ingest.identity import device_id, pseudonyms
+from medsegllm.ingest.identity import device_id, pseudonyms, station_token
 from medsegllm.ingest.quarantine import quarantine_table
 from medsegllm.ingest.scan import ImageHeader, ScanResult, SegHeader, scan
 from medsegllm.ingest.stacks import group_series
@@ -34,6 +35,7 @@ from medsegllm.ingest.series import SeriesJob, SeriesOutcome, process_series
 from medsegllm.ingest.standardize import STANDARDIZATION_FILE, standardize
 
 log = logging.getLogger(__name__)
+WORKER_IMPORTS = ("medsegllm.ingest.series", "monai.transforms")  # what process_series needs, preloaded once
 HARMONIZE_KEYS = {"target_spacing": True, "ct_window": True, "mr_percentiles": True, "histogram_bins": True,
                   "mr_standardization": {"landmarks"}}  # `enabled` is not here: the map is a pass over the outputs
 
@@ -89,7 +91,7 @@ def _previous_rows(out_dir: Path) -> dict[str, dict]:
 
 def _reusable(row: dict | None, job: SeriesJob) -> bool:
     """Same inputs and outputs still on disk; SEG outcomes are not stored, so only a clean label is reused."""
-    if row is None or row["input_hash"] != job.input_hash or row.get("stack_label") != job.stack:
+    if row is None or row["input_hash"] != job.input_hash or row.get("stack_label") != job.stack or row["device_id"] != job.device_id:
         return False
     if not (job.out_dir / row["volume_path"]).exists():
         return False
@@ -116,28 +118,60 @@ def _jobs(series: dict[str, list[ImageHeader]], segs: dict[str, list[Path]], out
                 modality=first.modality,
                 manufacturer=first.manufacturer,
                 model_name=first.model_name,
-                device_id=device_id(first.manufacturer, first.model_name),
+                device_id=device_id(first.manufacturer, first.model_name,
+                                    station_token(first.station, salt) if params.device_station else ""),
                 input_hash=input_hash(files + sorted(segs.get(key, [])), params),
             )
         )
     return jobs
 
 
-def _run_jobs(jobs: list[SeriesJob], workers: int) -> list[tuple[SeriesJob, SeriesOutcome]]:
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """forkserver where the platform has one: its server imports the workers' libraries once (importing
+    MONAI takes seconds, as long as a small series' work) and every worker forks from it, sharing those
+    pages. Never plain fork: a forked child of a process that already runs torch threads can deadlock;
+    the server never runs torch. spawn elsewhere."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(WORKER_IMPORTS))
+    return context
+
+
+def _plan(jobs: list[SeriesJob], out_dir: Path) -> tuple[list[dict], list[SeriesJob], int, int]:
+    """Rows of the previous run that still hold (same inputs, outputs intact), the jobs left to run,
+    and the image and label files the reused rows account for."""
+    previous = _previous_rows(out_dir)
+    rows, todo, n_images, n_labels = [], [], 0, 0
+    for job in jobs:
+        row = previous.get(job.identity["series_id"])
+        if _reusable(row, job):
+            rows.append(row)
+            n_images += len(job.files)
+            n_labels += len(job.seg_files)
+        else:
+            todo.append(job)
+    return rows, todo, n_images, n_labels
+
+
+def _pool(workers: int) -> ProcessPoolExecutor | nullcontext:
+    """The stage's worker processes (the header scan and the series share them); none for one worker."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) if workers > 1 else nullcontext()
+
+
+def _run_jobs(jobs: list[SeriesJob], pool: ProcessPoolExecutor | None) -> list[tuple[SeriesJob, SeriesOutcome]]:
     progress = tqdm(total=len(jobs), desc="ingest series", unit="series", file=sys.stderr, disable=not jobs)
     results = []
     with progress:
-        if workers <= 1:
+        if pool is None:
             for job in jobs:
                 results.append((job, process_series(job)))
                 progress.update()
         else:
-            # spawn, not fork: a forked child of a process that already runs torch threads can deadlock
-            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {pool.submit(process_series, job): job for job in jobs}
-                for future in as_completed(futures):
-                    results.append((futures[future], future.result()))
-                    progress.update()
+            futures = {pool.submit(process_series, job): job for job in jobs}
+            for future in as_completed(futures):
+                results.append((futures[future], future.result()))
+                progress.update()
     return results
 
 
@@ -151,27 +185,19 @@ def run_ingest(input_dir: Path, out_dir: Path, params: IngestParams, salt: str, 
     start = time.perf_counter()
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     remove_partials(out_dir)
-    scanned = scan(input_dir)
-    series = group_series(scanned.images)
-    segs, quarantine = _seg_targets(scanned, series)
-    quarantine = scanned.quarantine + quarantine
-    previous = _previous_rows(out_dir)
-    rows, todo, n_images, n_labels = [], [], 0, 0
-    for job in _jobs(series, segs, out_dir, params, salt):
-        row = previous.get(job.identity["series_id"])
-        if _reusable(row, job):
-            rows.append(row)
-            n_images += len(job.files)
-            n_labels += len(job.seg_files)
-        else:
-            todo.append(job)
-    n_reused = len(rows)
-    for job, outcome in _run_jobs(todo, workers):
-        quarantine += outcome.quarantine
-        n_labels += outcome.n_label_files
-        if outcome.row is not None:
-            rows.append(outcome.row)
-            n_images += len(job.files)
+    with _pool(workers) as pool:
+        scanned = scan(input_dir, pool)
+        series = group_series(scanned.images)
+        segs, quarantine = _seg_targets(scanned, series)
+        quarantine = scanned.quarantine + quarantine
+        rows, todo, n_images, n_labels = _plan(_jobs(series, segs, out_dir, params, salt), out_dir)
+        n_reused = len(rows)
+        for job, outcome in _run_jobs(todo, pool):
+            quarantine += outcome.quarantine
+            n_labels += outcome.n_label_files
+            if outcome.row is not None:
+                rows.append(outcome.row)
+                n_images += len(job.files)
     rows.sort(key=lambda r: r["series_id"])
     if standardize_mr:
         model = standardize(rows, out_dir, params.mr_standardization, holdout_devices, params.histogram_bins)

@@ -6,14 +6,19 @@ that nothing was dropped silently.
 
 from __future__ import annotations
 
+import sys
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 
 import pydicom
+from tqdm import tqdm
 
 from medsegllm.ingest.pixels import NativePixels, NativeSlice, native_slice, read_header
 from medsegllm.ingest.rtstruct import rtstruct_references
 from medsegllm.ingest.stacks import stack_attributes
+from medsegllm.ingest.values import header_get
 
 # Image storage classes the geometry code understands: classic single-frame files, and enhanced
 # multi-frame objects whose frames carry their geometry in functional groups (ingest/frames.py).
@@ -40,8 +45,13 @@ class ImageHeader:
     modality: str
     manufacturer: str
     model_name: str
+    station: str = ""  # StationName, for device_id's optional station token; never written
     native: NativeSlice | None = None  # kept so decode need not parse a plain native file again
     echo: str = ""  # EchoNumbers
+    temporal: str = ""  # TemporalPositionIdentifier (multi-phase series: DCE, perfusion)
+    trigger: str = ""  # TriggerTime (cardiac phases)
+    acquisition: str = ""  # AcquisitionNumber
+    position: tuple[float, ...] | None = None  # ImagePositionPatient of a classic file
     complex_part: str = ""  # MR ImageType magnitude/phase/real/imaginary component
     orientation: tuple[float, ...] | None = None  # ImageOrientationPatient of a classic file
     stack: str = ""  # set by stacks.group_series when the series holds several stacks ("echo=2", "plane=1")
@@ -73,7 +83,7 @@ def iter_files(root: Path) -> list[Path]:
 
 def _sop_class(ds: pydicom.Dataset) -> str:
     """SOPClassUID, else the file meta's copy of it (some exporters leave the dataset's empty)."""
-    value = ds.get("SOPClassUID")
+    value = header_get(ds, "SOPClassUID")
     meta = getattr(ds, "file_meta", None)
     if not value and meta is not None:
         value = meta.get("MediaStorageSOPClassUID")
@@ -95,7 +105,7 @@ def _seg_references(ds: pydicom.Dataset) -> tuple[set[str], set[str]]:
 
 def classify(path: Path, ds: pydicom.Dataset, result: ScanResult, root: Path, native: NativePixels | None) -> None:
     """Put one parsed file in its bucket; the reason names the modality, never a header value that identifies."""
-    modality = str(ds.get("Modality", "") or "").upper().strip()
+    modality = str(header_get(ds, "Modality", "") or "").upper().strip()
     sop_class = _sop_class(ds)
     if modality == "SEG":
         series, sops = _seg_references(ds)
@@ -118,29 +128,50 @@ def classify(path: Path, ds: pydicom.Dataset, result: ScanResult, root: Path, na
 def _image_header(path: Path, ds: pydicom.Dataset, modality: str, root: Path, native: NativePixels | None) -> ImageHeader:
     """Blank UIDs (some anonymizers empty them) fall back to the folder as the series key, and the
     study, patient and accession keys fall back to the series key, so blank never means shared."""
-    series = str(ds.get("SeriesInstanceUID", "") or "") or f"folder:{path.parent.relative_to(root).as_posix()}"
-    study = str(ds.get("StudyInstanceUID", "") or "") or series
+    series = str(header_get(ds, "SeriesInstanceUID", "") or "") or f"folder:{path.parent.relative_to(root).as_posix()}"
+    study = str(header_get(ds, "StudyInstanceUID", "") or "") or series
     meta = getattr(ds, "file_meta", None)
-    sop = str(ds.get("SOPInstanceUID", "") or "") or str((meta.get("MediaStorageSOPInstanceUID") if meta else "") or "")
+    sop = str(header_get(ds, "SOPInstanceUID", "") or "") or str((meta.get("MediaStorageSOPInstanceUID") if meta else "") or "")
     return ImageHeader(
         path=path,
         series_uid=series,
         study_uid=study,
-        patient_id=str(ds.get("PatientID", "") or "") or study,
-        accession=str(ds.get("AccessionNumber", "") or "") or series,
+        patient_id=str(header_get(ds, "PatientID", "") or "") or study,
+        accession=str(header_get(ds, "AccessionNumber", "") or "") or series,
         sop_uid=sop,
         modality=modality,
-        manufacturer=str(ds.get("Manufacturer", "") or ""),
-        model_name=str(ds.get("ManufacturerModelName", "") or ""),
+        manufacturer=str(header_get(ds, "Manufacturer", "") or ""),
+        model_name=str(header_get(ds, "ManufacturerModelName", "") or ""),
+        station=str(header_get(ds, "StationName", "") or ""),
         native=native_slice(ds, native),
         **stack_attributes(ds),
     )
 
 
-def scan(root: Path) -> ScanResult:
-    """Classify every file under `root`; a file that cannot be read is quarantined, never raised."""
+def scan(root: Path, pool: Executor | None = None, chunk_files: int = 256) -> ScanResult:
+    """Classify every file under `root`; a file that cannot be read is quarantined, never raised.
+    With a process pool the files are scanned in chunks by its workers; the result, order included,
+    is the serial one."""
+    files = iter_files(root)
+    if pool is None or len(files) <= chunk_files:
+        return scan_files(files, root)
+    chunks = [files[i:i + chunk_files] for i in range(0, len(files), chunk_files)]
     result = ScanResult()
-    for path in iter_files(root):
+    with tqdm(total=len(files), desc="scan headers", unit="file", file=sys.stderr) as progress:
+        for part in pool.map(scan_files, chunks, repeat(root)):
+            result.n_files += part.n_files
+            result.images += part.images
+            result.segs += part.segs
+            result.reports += part.reports
+            result.quarantine += part.quarantine
+            progress.update(part.n_files)
+    return result
+
+
+def scan_files(files: list[Path], root: Path) -> ScanResult:
+    """`scan` of some of the files under `root`."""
+    result = ScanResult()
+    for path in files:
         result.n_files += 1
         try:
             ds, native = read_header(path)

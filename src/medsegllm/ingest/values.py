@@ -1,0 +1,54 @@
+"""Header values as `Dataset.get` returns them, without pydicom's per-access bookkeeping.
+
+The scan reads about twenty attributes from every file. Through `Dataset.get` each access converts
+the raw element and then stores, re-reads and re-checks it (about 40 us, more than the parse of
+the whole header); `pydicom.values.convert_value` on the raw element is the same conversion
+without that. Only plain values take this path: sequences, ambiguous VRs, values pydicom has
+already converted and any value whose conversion raises go through `Dataset.get`, so every
+value, and every error a malformed value raises, is exactly pydicom's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydicom
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
+from pydicom.valuerep import AMBIGUOUS_VR
+from pydicom.values import convert_value
+
+CHARSET_TAG = 0x00080005  # SpecificCharacterSet: pydicom decodes it with the default encoding
+_TAGS: dict[str, int] = {}
+_FAST_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "SH", "SL", "SS", "TM", "UI", "UL", "US",
+                       "FL", "FD"})
+
+
+def header_get(ds: pydicom.Dataset, keyword: str, default: Any = None) -> Any:
+    """`ds.get(keyword, default)` for a standard keyword, with the same value and the same errors."""
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        tag = _TAGS.setdefault(keyword, tag_for_keyword(keyword))
+    if tag is None:  # not a plain keyword (a repeating group's, a typo): pydicom decides
+        return ds.get(keyword, default)
+    raw = ds.get_item(tag)
+    if raw is None:
+        return default
+    encodings = ds.original_character_set  # what Dataset.__getitem__ decodes text with, once read from a file
+    if isinstance(raw, RawDataElement) and raw.value is not None and encodings and tag != CHARSET_TAG:
+        vr = raw.VR or _dictionary_vr(tag)
+        if vr in _FAST_VRS and vr not in AMBIGUOUS_VR:
+            try:
+                value = convert_value(vr, raw, encodings)
+            except Exception:  # pydicom's own path below raises (or warns) exactly as it would
+                pass
+            else:
+                return value
+    return ds.get(keyword, default)
+
+
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
