@@ -77,3 +77,20 @@ def test_malformed_values_fail_or_pass_exactly_as_in_pydicom(keyword, raw):
     ds[element.tag] = pydicom.dataelem.RawDataElement(element.tag, None, len(raw), raw, element.value_tell, True, True)
     fast, reference = _both(_written(ds), keyword)
     assert fast == reference
+
+
+def test_slice_records_built_in_memory_match_pydicom(tmp_path):
+    """The scan's NativeSlice views hold raw elements in a dataset with no file (no character set of its own)."""
+    from medsegllm.ingest.pixels import SLICE_TAGS, native_slice, read_header
+
+    ds = pydicom.dcmread(io.BytesIO(_roundtrip(ExplicitVRLittleEndian, PixelSpacing=[0.7, 0.7], ImagePositionPatient=[1, 2, 3.5],
+                                               RescaleSlope="1.5", RescaleIntercept="-1024", SamplesPerPixel=1)))
+    ds.Columns, ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.PhotometricInterpretation = 2, 16, 15, 1, "MONOCHROME2"
+    ds.Rows, ds.PixelData = 2, bytes(8)
+    ds["PixelData"].VR = "OW"
+    ds.save_as(tmp_path / "f.dcm", enforce_file_format=True)
+    record = native_slice(*read_header(tmp_path / "f.dcm"))
+    keywords = [pydicom.datadict.keyword_for_tag(tag) for tag in SLICE_TAGS]
+    fast = [header_get(record.view, k) for k in keywords]
+    record = native_slice(*read_header(tmp_path / "f.dcm"))
+    assert fast == [record.view.get(k) for k in keywords] and fast[keywords.index("RescaleSlope")] == 1.5

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 
+from medsegllm.ingest.values import header_get
+
 GAP_TOLERANCE = 0.10  # relative deviation of a slice gap from the median gap
 DUPLICATE_MM = 1e-3
 SAME_ORIENTATION = 1e-4  # largest direction-cosine difference between slices of one stack
@@ -35,7 +37,7 @@ class Volume:
 
 
 def _floats(ds: pydicom.Dataset, keyword: str, n: int) -> np.ndarray:
-    value = ds.get(keyword)
+    value = header_get(ds, keyword)
     if value is None or len(value) != n:
         raise SeriesError(f"missing or malformed {keyword}")
     values = np.asarray([float(v) for v in value], dtype=np.float64)
@@ -89,8 +91,8 @@ def ras_affine(row_dir: np.ndarray, col_dir: np.ndarray, origin: np.ndarray, spa
 def rescale_into(out: np.ndarray, plane: np.ndarray, header: pydicom.Dataset) -> None:
     """`out` (float32, rows x columns) = stored `plane` times RescaleSlope plus RescaleIntercept, in float32
     arithmetic, written in place so a slice goes from its stored integers to the volume in one pass."""
-    slope = np.float32(float(header.get("RescaleSlope", 1) or 1))
-    intercept = np.float32(float(header.get("RescaleIntercept", 0) or 0))
+    slope = np.float32(float(header_get(header, "RescaleSlope", 1) or 1))
+    intercept = np.float32(float(header_get(header, "RescaleIntercept", 0) or 0))
     if slope == 1:  # x * 1 is exact, so skipping it changes no value
         np.add(plane, intercept, out=out, dtype=np.float32, casting="unsafe")
     else:

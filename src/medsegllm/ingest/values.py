@@ -22,6 +22,7 @@ CHARSET_TAG = 0x00080005  # SpecificCharacterSet: pydicom decodes it with the de
 _TAGS: dict[str, int] = {}
 _FAST_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "SH", "SL", "SS", "TM", "UI", "UL", "US",
                        "FL", "FD"})
+_CHARSET_VRS = frozenset({"LO", "SH"})  # of those, the ones decoded with the file's character set
 
 
 def header_get(ds: pydicom.Dataset, keyword: str, default: Any = None) -> Any:
@@ -34,10 +35,11 @@ def header_get(ds: pydicom.Dataset, keyword: str, default: Any = None) -> Any:
     raw = ds.get_item(tag)
     if raw is None:
         return default
-    encodings = ds.original_character_set  # what Dataset.__getitem__ decodes text with, once read from a file
-    if isinstance(raw, RawDataElement) and raw.value is not None and encodings and tag != CHARSET_TAG:
+    # what Dataset.__getitem__ decodes text with; a dataset built in memory (no file) has none of its own
+    encodings = ds.original_character_set
+    if isinstance(raw, RawDataElement) and raw.value is not None and tag != CHARSET_TAG:
         vr = raw.VR or _dictionary_vr(tag)
-        if vr in _FAST_VRS and vr not in AMBIGUOUS_VR:
+        if vr in _FAST_VRS and vr not in AMBIGUOUS_VR and (encodings or vr not in _CHARSET_VRS):
             try:
                 value = convert_value(vr, raw, encodings)
             except Exception:  # pydicom's own path below raises (or warns) exactly as it would
