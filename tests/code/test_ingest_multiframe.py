@@ -172,12 +172,26 @@ def test_bad_multiframe_objects_are_quarantined_with_reasons(demo, tmp_path):
     short = copy.deepcopy(demo["MR"]["enhanced"])
     short.PixelData = short.PixelData[: len(short.PixelData) // 2]
     short.save_as(tree / "short.dcm")
+    echoes = copy.deepcopy(demo["MR"]["enhanced"])  # every frame twice, at echo times 5 and 10 ms
+    echoes.SeriesInstanceUID = generate_uid()
+    frames = list(echoes.PerFrameFunctionalGroupsSequence)
+    doubled = [copy.deepcopy(item) for _ in range(2) for item in frames]
+    for n, item in enumerate(doubled):
+        echo = pydicom.Dataset()
+        echo.EffectiveEchoTime = 5.0 if n < len(frames) else 10.0
+        item.MREchoSequence = pydicom.Sequence([echo])
+    echoes.PerFrameFunctionalGroupsSequence = pydicom.Sequence(doubled)
+    echoes.NumberOfFrames = len(doubled)
+    echoes.PixelData = echoes.PixelData * 2
+    echoes.save_as(tree / "echoes.dcm")
     summary = run_ingest(tree, tmp_path / "out", PARAMS, SALT)
     reasons = dict(pd.read_parquet(tmp_path / "out" / "quarantine.parquet")[["path", "reason"]].values)
+    assert reasons["echoes.dcm"] == ("multi-frame object holds 2 echoes (EffectiveEchoTime) at repeated positions; "
+                                     "split it into one object per volume")
     assert reasons["two_stacks.dcm"] == "multi-frame object holds 2 stacks (StackID); split it into one stack per object"
     assert reasons["no_groups.dcm"] == "multi-frame CT/MR without per-frame functional groups (no frame geometry)"
     assert reasons["short.dcm"].startswith("pixel data unreadable")
-    assert summary["n_series"] == 0 and summary["n_quarantined_files"] == summary["n_files"] == 3
+    assert summary["n_series"] == 0 and summary["n_quarantined_files"] == summary["n_files"] == 4
 
 
 @pytest.mark.skipif(not DCM2NIIX.exists(), reason="dcm2niix not installed")

@@ -94,3 +94,24 @@ def test_slice_records_built_in_memory_match_pydicom(tmp_path):
     fast = [header_get(record.view, k) for k in keywords]
     record = native_slice(*read_header(tmp_path / "f.dcm"))
     assert fast == [record.view.get(k) for k in keywords] and fast[keywords.index("RescaleSlope")] == 1.5
+
+
+@pytest.mark.parametrize("raw", [b"1.5\\-2\\3e1 ", b" 0.7\\0.7", b"1,25\\2", b"1.5\\\\2 ", b"1.5\x00", b"nan\\1\\2", b"\xff1\\2\\3 "])
+def test_decimal_strings_parse_or_fail_as_in_pydicom(raw):
+    from medsegllm.ingest.values import header_floats
+
+    ds = pydicom.dcmread(io.BytesIO(_roundtrip(ImplicitVRLittleEndian)))
+    tag = pydicom.datadict.tag_for_keyword("ImagePositionPatient")
+    ds[tag] = pydicom.dataelem.RawDataElement(tag, None, len(raw), raw, 0, True, True)
+    data = _written(ds)
+    outcomes = []
+    def reference(d, k):  # one value or several, as floats; header_floats lists a single value too
+        value = d.get(k)
+        return [float(v) for v in (value if isinstance(value, pydicom.multival.MultiValue) else [value])]
+
+    for get in (header_floats, reference):
+        try:
+            outcomes.append(("value", repr(get(pydicom.dcmread(io.BytesIO(data)), "ImagePositionPatient"))))
+        except Exception as exc:
+            outcomes.append(("raises", type(exc).__name__))
+    assert outcomes[0] == outcomes[1]

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 import pydicom.data
 
-from medsegllm.ingest.values import header_get
+from medsegllm.ingest.values import header_floats, header_get
 
 REAL = Path("/work/shared/testdata/real")
 
@@ -46,3 +46,37 @@ def test_every_top_level_value_matches_pydicom():
             assert _outcome(header_get, fast, keyword) == _outcome(lambda d, k: d.get(k), reference, keyword), (path.name, keyword)
             checked += 1
     assert checked > 2000  # the bundled files alone hold several thousand values
+
+
+def _floats_outcome(get, ds, keyword):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return ("value", get(ds, keyword))
+        except Exception as exc:
+            return ("raises", type(exc))
+
+
+def _reference_floats(ds, keyword):
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    return [float(v) for v in (value if isinstance(value, (list, pydicom.multival.MultiValue)) else [value])]
+
+
+def test_every_decimal_string_parses_as_pydicom_parses_it():
+    checked = 0
+    for path in _files():
+        try:
+            fast, reference = (pydicom.dcmread(path, stop_before_pixels=True, force=True) for _ in range(2))
+        except Exception:
+            continue
+        for tag in list(reference.keys()):
+            keyword = pydicom.datadict.keyword_for_tag(tag)
+            if not keyword or reference.get_item(tag).VR not in ("DS", None):
+                continue
+            if pydicom.datadict.dictionary_VR(tag) != "DS":
+                continue
+            assert _floats_outcome(header_floats, fast, keyword) == _floats_outcome(_reference_floats, reference, keyword), (path.name, keyword)
+            checked += 1
+    assert checked > 300

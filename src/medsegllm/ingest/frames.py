@@ -8,6 +8,8 @@ normal and the same gap, duplicate and orientation checks as the files of a clas
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
@@ -22,6 +24,14 @@ FRAME_GROUPS = {
     "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness"),
     "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
 }
+
+# Per-frame attributes that make several volumes of one multi-frame object: (what, functional group, attribute)
+PER_FRAME_SPLITS = (
+    ("echoes", "MREchoSequence", "EffectiveEchoTime"),
+    ("time points", "FrameContentSequence", "TemporalPositionIndex"),
+    ("cardiac phases", "CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"),
+    ("image components", "MRImageFrameTypeSequence", "ComplexImageComponent"),
+)
 
 
 def is_multiframe(ds: Dataset) -> bool:
@@ -63,7 +73,31 @@ def frame_views(ds: Dataset) -> list[Dataset]:
         views.append(view)
     if len(stacks) > 1:
         raise SeriesError(f"multi-frame object holds {len(stacks)} stacks (StackID); split it into one stack per object")
+    _check_one_volume(per_frame, shared, views)
     return views
+
+
+def _check_one_volume(per_frame: Sequence, shared: Dataset, views: list[Dataset]) -> None:
+    """Frames at repeated positions that a per-frame attribute tells apart (echoes, time points, cardiac
+    phases, magnitude/phase) are several volumes in one object: name them, as the classic path would
+    split them into stacks. One volume per object is all this reader assembles."""
+    try:
+        positions = [tuple(round(float(v), 2) for v in view.get("ImagePositionPatient") or ()) for view in views]
+    except (TypeError, ValueError):  # malformed positions: geometry reports them
+        return
+    if len(set(positions)) == len(positions):
+        return
+    varying = []
+    for name, group, attribute in PER_FRAME_SPLITS:
+        values = set()
+        for item in per_frame:
+            found = _group(item, shared, group)
+            values.add(str(found.get(attribute, "")) if found is not None else "")
+        if len(values) > 1:
+            varying.append(f"{len(values)} {name} ({attribute})")
+    if varying:
+        raise SeriesError(f"multi-frame object holds {' x '.join(varying)} at repeated positions; "
+                          "split it into one object per volume")
 
 
 def frame_pixels(ds: pydicom.Dataset, views: list[Dataset]) -> list[np.ndarray]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 
-from medsegllm.ingest.values import header_get
+from medsegllm.ingest.values import header_floats, header_get
 
 GAP_TOLERANCE = 0.10  # relative deviation of a slice gap from the median gap
 DUPLICATE_MM = 1e-3
@@ -37,10 +37,10 @@ class Volume:
 
 
 def _floats(ds: pydicom.Dataset, keyword: str, n: int) -> np.ndarray:
-    value = header_get(ds, keyword)
+    value = header_floats(ds, keyword)
     if value is None or len(value) != n:
         raise SeriesError(f"missing or malformed {keyword}")
-    values = np.asarray([float(v) for v in value], dtype=np.float64)
+    values = np.asarray(value, dtype=np.float64)
     if not np.isfinite(values).all():
         raise SeriesError(f"non-finite {keyword}")
     return values

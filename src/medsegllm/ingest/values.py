@@ -15,6 +15,7 @@ from typing import Any
 import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
+from pydicom.multival import MultiValue
 from pydicom.valuerep import AMBIGUOUS_VR
 from pydicom.values import convert_value
 
@@ -47,6 +48,23 @@ def header_get(ds: pydicom.Dataset, keyword: str, default: Any = None) -> Any:
             else:
                 return value
     return ds.get(keyword, default)
+
+
+def header_floats(ds: pydicom.Dataset, keyword: str) -> list[float] | None:
+    """`[float(v) for v in ds.get(keyword)]` (None when absent), parsing a decimal string's bytes
+    directly: pydicom builds and validates a DSfloat per value first. Anything unusual goes the
+    pydicom way, so errors stay pydicom's."""
+    tag = _TAGS.get(keyword) or _TAGS.setdefault(keyword, tag_for_keyword(keyword))
+    raw = ds.get_item(tag) if tag is not None else None
+    if isinstance(raw, RawDataElement) and raw.value and (raw.VR or _dictionary_vr(tag)) == "DS":
+        try:
+            return [float(v) for v in raw.value.decode("ascii").split("\\")]
+        except (UnicodeDecodeError, ValueError):  # pydicom's path below decides
+            pass
+    value = header_get(ds, keyword)
+    if value is None:
+        return None
+    return [float(v) for v in (value if isinstance(value, (list, MultiValue)) else [value])]
 
 
 def _dictionary_vr(tag: int) -> str | None:
