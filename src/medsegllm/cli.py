@@ -91,7 +91,7 @@ def ingest(
     input: Annotated[Path, typer.Option("--input", help="DICOM folder tree (any nesting); SEG files in it become labels.")],
     out: OutOpt,
     params_file: ParamsOpt = Path("params.yaml"),
-    workers: Annotated[int, typer.Option(help="Parallel worker processes over series.")] = 1,
+    workers: Annotated[int, typer.Option(help="Worker processes for the header scan and the series.")] = 1,
 ) -> None:
     """Assemble, de-identify and harmonize series; write volumes, labels, manifest.parquet and quarantine.parquet."""
     from medsegllm.ingest.run import run_ingest
@@ -143,7 +143,7 @@ def ingest_shard(
     shard: Annotated[int, typer.Option("--shard", min=0, help="Shard index, 0-based.")],
     out: OutOpt,
     params_file: ParamsOpt = Path("params.yaml"),
-    workers: Annotated[int, typer.Option(help="Parallel worker processes over series.")] = 1,
+    workers: Annotated[int, typer.Option(help="Worker processes for the header scan and the series.")] = 1,
 ) -> None:
     """Ingest one shard of a plan; `ingest-merge` combines the shard outputs."""
     from medsegllm.ingest.shards import run_ingest_shard
