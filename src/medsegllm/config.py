@@ -204,6 +204,10 @@ class TrainParams(_Section):
     intensity_aug: float = Field(
         0.0, ge=0, le=1, description="chance per slice of a random gamma/contrast/brightness/noise change"
     )
+    labelled_share: float | None = Field(
+        None, ge=0, le=1, description="share of each batch's non-lesion slices drawn from voxel-labelled series when "
+        "pseudo-labelled ones are present (they outnumber them ~9 to 1); null draws every slice alike"
+    )
     alignment: AlignmentParams = AlignmentParams()
     kl: KLParams = KLParams()
     pseudolabels: PseudoLossParams = PseudoLossParams()

@@ -237,3 +237,19 @@ def test_3d_pseudolabel_train_validate_segment(stage_dirs, tmp_path) -> None:
     for row in seg["series"]:
         label, _ = load_nifti(root / "seg" / row["nifti"])
         assert list(np.asarray(label).shape) == row["shape"] and set(np.unique(label)) <= set(range(len(SEG_CLASSES)))
+
+
+def test_labelled_share_fixes_how_many_slices_come_from_voxel_labels() -> None:
+    rng = np.random.default_rng(0)
+    # one labelled series of 4 slices among pseudo-labelled ones of 40: drawn alike, labelled slices are ~1 in 31
+    series = [_series(rng, (24, 24, 4), 2, False, 0)] + [_series(rng, (24, 24, 40), 15, True, i) for i in (1, 2, 3)]
+    samples = TrainSamples(series, ["a", "b"], *index_slices(series), text_dim=5)
+    uniform = sample_batch(samples, 64, (16, 16), 0.0, np.random.default_rng(1))
+    half = sample_batch(samples, 64, (16, 16), 0.25, np.random.default_rng(1), labelled_share=0.5)
+    assert int((~uniform["pseudo"]).sum()) < 10
+    lesion_draws = 16  # 0.25 of 64 come from lesion slices of either kind; half of the other 48 are labelled
+    assert int((~half["pseudo"][lesion_draws:]).sum()) == 24
+    seeded = sample_batch(samples, 64, (16, 16), 0.0, np.random.default_rng(1), labelled_share=None)
+    assert all(torch.equal(uniform[k], seeded[k]) for k in uniform)  # null keeps the old draw exactly
+    only_labelled = TrainSamples(series[:1], ["a"], *index_slices(series[:1]), text_dim=5)
+    assert not sample_batch(only_labelled, 8, (16, 16), 0.0, np.random.default_rng(1), labelled_share=0.5)["pseudo"].any()

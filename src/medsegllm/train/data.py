@@ -168,6 +168,17 @@ def augment_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+def _draw_slices(samples: TrainSamples, n: int, labelled_share: float | None, rng: np.random.Generator) -> np.ndarray:
+    """n indices into `samples.slices`: uniform, or `labelled_share` of them from voxel-labelled series."""
+    if labelled_share is None:
+        return rng.integers(0, len(samples.slices), n)
+    labelled = np.asarray([samples.series[i].weight is None for i in samples.slices[:, 0]], dtype=bool)
+    if labelled.all() or not labelled.any():
+        return rng.integers(0, len(samples.slices), n)
+    n_labelled = int(round(labelled_share * n))
+    return np.concatenate([rng.choice(np.flatnonzero(labelled), n_labelled), rng.choice(np.flatnonzero(~labelled), n - n_labelled)])
+
+
 def sample_batch(
     samples: TrainSamples,
     batch_size: int,
@@ -175,17 +186,19 @@ def sample_batch(
     lesion_share: float,
     rng: np.random.Generator,
     intensity_aug: float = 0.0,
+    labelled_share: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """A random batch: `lesion_share` of it from lesion slices (cropped around a lesion voxel).
 
     `roi` (x, y) cuts 2D slice crops: image (B,1,X,Y), label and weight (B,X,Y); `roi` (x, y, z)
     cuts 3D patches containing the drawn slice: image (B,1,X,Y,Z), label and weight (B,X,Y,Z).
     Flips are in-plane only (x, y) in both modes. `intensity_aug` is the chance per sample of a
-    random intensity change (`augment_intensity`).
+    random intensity change (`augment_intensity`). `labelled_share` of the other slices come from
+    voxel-labelled series when there are both kinds (else every slice is drawn alike).
     """
     n_lesion = int(round(lesion_share * batch_size)) if len(samples.lesion_slices) else 0
     picks = np.concatenate(
-        [rng.choice(samples.lesion_slices, n_lesion), rng.integers(0, len(samples.slices), batch_size - n_lesion)]
+        [rng.choice(samples.lesion_slices, n_lesion), _draw_slices(samples, batch_size - n_lesion, labelled_share, rng)]
     ).astype(np.int64)
     images, labels, weights = [], [], []
     meta = {"device": [], "study": [], "subtype": [], "pseudo": [], "has_text": []}

@@ -197,7 +197,8 @@ def train_model(
         sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64, device=device)
         for _ in range(train.steps_per_epoch):
             batch = sample_batch(
-                samples, train.batch_size, tuple(train.roi_size), train.lesion_oversample, rng, train.intensity_aug
+                samples, train.batch_size, tuple(train.roi_size), train.lesion_oversample, rng, train.intensity_aug,
+                train.labelled_share,
             )
             batch = {k: v.to(device) for k, v in batch.items()}
             if channels_last is not None:
