@@ -108,6 +108,20 @@ def test_cohort_checkpoint(checkpoint: Path, cohort: Path, tmp_path: Path):
     assert {r["modality"] for r in summary["series"]} == {"CT", "MR"}
 
 
+def test_device_ids_are_ingests_with_station_tokens(checkpoint: Path, cohort: Path, tmp_path: Path):
+    """With ingest.device_station, a scanner seen in training must keep its station-token id at inference."""
+    from medsegllm.ingest.run import run_ingest
+
+    params = Params.model_validate({"ingest": {"device_station": True}})
+    ingested = run_ingest(cohort, tmp_path / "ingested", params.ingest, SALT)
+    assert ingested["n_series"] > 0
+    manifest = pq.read_table(tmp_path / "ingested" / "manifest.parquet").to_pylist()
+    expected = {row["series_id"]: row["device_id"] for row in manifest}
+    assert all("_st" in device for device in expected.values())  # the demo's scanners all name a station
+    summary = run_segment(str(checkpoint), cohort, tmp_path / "out", params, SALT)
+    assert {r["series_id"]: r["device_id"] for r in summary["series"]} == expected
+
+
 def test_real_ct(checkpoint: Path, tmp_path: Path):
     out = tmp_path / "out"
     summary = run_segment(str(checkpoint), REAL_CT, out, Params(), SALT)

@@ -22,6 +22,12 @@ def device_id(manufacturer: str, model_name: str, station: str = "") -> str:
     return f"{base}_st{station}" if station else base
 
 
+def header_device_id(manufacturer: str, model_name: str, station_name: str, by_station: bool, salt: str) -> str:
+    """The device_id of a series as ingest writes it (`ingest.device_station` says whether the station
+    counts); segment uses the same, so a scanner seen in training keeps its identity at inference."""
+    return device_id(manufacturer, model_name, station_token(station_name, salt) if by_station else "")
+
+
 def station_token(station_name: str, salt: str) -> str:
     """Six hex digits of a salted pseudonym of StationName ('' when blank): a scanner's own name may
     identify the site (PS3.15 replaces it), so only this leaves ingest."""

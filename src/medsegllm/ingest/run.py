@@ -27,7 +27,7 @@ from medsegllm.common.deid import salt_fingerprint
 from medsegllm.common.io import remove_partials, write_json, write_parquet
 from medsegllm.common.schemas import MANIFEST
 from medsegllm.config import IngestParams
-from medsegllm.ingest.identity import device_id, pseudonyms, station_token
+from medsegllm.ingest.identity import header_device_id, pseudonyms
 from medsegllm.ingest.quarantine import quarantine_table
 from medsegllm.ingest.scan import ImageHeader, ScanResult, SegHeader, scan
 from medsegllm.ingest.stacks import group_series
@@ -118,8 +118,7 @@ def _jobs(series: dict[str, list[ImageHeader]], segs: dict[str, list[Path]], out
                 modality=first.modality,
                 manufacturer=first.manufacturer,
                 model_name=first.model_name,
-                device_id=device_id(first.manufacturer, first.model_name,
-                                    station_token(first.station, salt) if params.device_station else ""),
+                device_id=header_device_id(first.manufacturer, first.model_name, first.station, params.device_station, salt),
                 input_hash=input_hash(files + sorted(segs.get(key, [])), params),
             )
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,15 @@ class SliceIndex:
     normal: np.ndarray  # LPS
     shape: tuple[int, int, int]
     affine: np.ndarray  # voxel (X, Y, Z) -> RAS mm, the assembled volume's
+
+    def z_at(self, position: Sequence[float]) -> int | None:
+        """The slice a plane through `position` (LPS mm) lies on: the nearest one, if within a quarter
+        of the smallest slice gap; None otherwise."""
+        along = float(np.asarray(position, dtype=np.float64) @ self.normal)
+        distances = np.abs(self.along - along)
+        z = int(np.argmin(distances))
+        tolerance = 0.25 * (float(np.min(np.diff(self.along))) if len(self.along) > 1 else 1.0)
+        return z if distances[z] <= tolerance else None
 
 
 def class_of_name(name: str) -> int | None:
@@ -63,11 +73,8 @@ def _frame_slice(seg, frame: int, index: SliceIndex) -> int:
     plane = _frame_item(seg, frame, "PlanePositionSequence")
     if plane is None:
         raise SegError("SEG frame references no slice of the series and has no plane position")
-    along = float(np.asarray([float(v) for v in plane.ImagePositionPatient]) @ index.normal)
-    distances = np.abs(index.along - along)
-    z = int(np.argmin(distances))
-    tolerance = 0.25 * (float(np.min(np.diff(index.along))) if len(index.along) > 1 else 1.0)
-    if distances[z] > tolerance:
+    z = index.z_at([float(v) for v in plane.ImagePositionPatient])
+    if z is None:
         raise SegError("SEG frame position matches no slice of the series")
     return z
 

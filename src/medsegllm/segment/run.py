@@ -23,13 +23,13 @@ from medsegllm.common.deid import pseudonym
 from medsegllm.common.io import remove_partials, save_nifti, spacing_of, write_json, write_parquet
 from medsegllm.config import Params
 from medsegllm.ingest.frames import frame_views, is_multiframe
-from medsegllm.ingest.geometry import SeriesError, build_volume, slice_normal
+from medsegllm.ingest.geometry import SeriesError, Volume, build_volume
 from medsegllm.ingest.harmonize import harmonize_volume
 from medsegllm.ingest.quarantine import quarantine_table
-from medsegllm.ingest.identity import device_id
+from medsegllm.ingest.identity import header_device_id
 from medsegllm.ingest.scan import ImageHeader, scan
 from medsegllm.ingest.stacks import group_series
-from medsegllm.ingest.series import decode_series
+from medsegllm.ingest.series import decode_series, slice_index
 from medsegllm.ingest.standardize import apply_map, series_map
 from medsegllm.knowledge import SEG_CLASSES
 from medsegllm.model.inference import predict_volume
@@ -55,8 +55,8 @@ def to_source_grid(label: np.ndarray, label_affine: np.ndarray, source_shape: tu
     return resampled.astype(np.uint8)
 
 
-def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str, out_dir: Path, params: Params,
-                   mr_standardization: dict | None = None) -> tuple[dict, list[tuple[Path, str]]]:
+def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str, device: str, out_dir: Path,
+                   params: Params, mr_standardization: dict | None = None) -> tuple[dict, list[tuple[Path, str]]]:
     """Read, harmonize, predict and write one series; (summary row, quarantine rows).
 
     A series that ingest would reject is quarantined whole, with ingest's reasons.
@@ -73,7 +73,6 @@ def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str,
     except SeriesError as exc:
         return {}, [(p, str(exc)) for p in files]
     harmonized, affine = harmonize_volume(volume.array, volume.affine, first.modality, params.ingest)
-    device = device_id(first.manufacturer, first.model_name)
     if first.modality == "MR":  # the training data's MR standardization (the model's metadata)
         harmonized = apply_map(harmonized, series_map(mr_standardization, device, harmonized))
     predict_start = time.perf_counter()
@@ -96,7 +95,7 @@ def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str,
         "status": NO_FOREGROUND,
     }
     if present_classes(label):
-        source, seg_label = _seg_source(files, [datasets[i] for i in volume.order], label)
+        source, seg_label = _seg_source(files, datasets, volume, label)
         seg = write_seg(out_dir / f"{series_id}.seg.dcm", seg_label, source)
         row.update(seg=f"{series_id}.seg.dcm", status="ok", **seg)
     seconds = time.perf_counter() - start
@@ -105,19 +104,21 @@ def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str,
     return row, []
 
 
-def _seg_source(files: list[Path], ordered: list[pydicom.Dataset], label: np.ndarray) -> tuple[list[pydicom.Dataset], np.ndarray]:
+def _seg_source(files: list[Path], datasets: list[pydicom.Dataset], volume: Volume,
+                label: np.ndarray) -> tuple[list[pydicom.Dataset], np.ndarray]:
     """What the SEG references and its label planes in that order: the sorted slices of a classic
     series, or the frames of an enhanced multi-frame file (frame i of the SEG derives from frame i of
     the source, so the planes go back from position order to the file's frame order)."""
+    ordered = [datasets[i] for i in volume.order]
     if len(files) > 1:
         return ordered, label
     source = pydicom.dcmread(files[0], stop_before_pixels=True, force=True)  # just decoded: its lengths are sane
     if not is_multiframe(source):
         return ordered, label
-    normal = slice_normal(ordered[0])
-    along = np.asarray([[float(v) for v in ds.ImagePositionPatient] for ds in ordered]) @ normal
-    frames = np.asarray([[float(v) for v in view.ImagePositionPatient] for view in frame_views(source)]) @ normal
-    z_of_frame = [int(np.argmin(np.abs(along - position))) for position in frames]
+    index = slice_index(datasets, volume)
+    z_of_frame = [index.z_at([float(v) for v in view.ImagePositionPatient]) for view in frame_views(source)]
+    if None in z_of_frame:  # the volume was built from these very frames
+        raise AssertionError("a source frame lies on no slice of its own volume")
     return [source], label[:, :, z_of_frame]
 
 
@@ -147,7 +148,9 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
         headers = sorted(series[key], key=lambda h: str(h.path))
         series_id = pseudonym(key, salt)
         try:
-            row, rejected = segment_series(network, headers, series_id, out_dir, params, meta.get("mr_standardization"))
+            device = header_device_id(headers[0].manufacturer, headers[0].model_name, headers[0].station,
+                                      params.ingest.device_station, salt)
+            row, rejected = segment_series(network, headers, series_id, device, out_dir, params, meta.get("mr_standardization"))
         except Exception as exc:  # a failure is a property of this series; the batch goes on
             # the type only: a message or traceback may quote header values (run with -v for it)
             log.error("segment: series %s failed (%s)", series_id, type(exc).__name__)
