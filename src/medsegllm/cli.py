@@ -30,6 +30,7 @@ app = typer.Typer(
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read (validated by medsegllm.config.Params).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Output folder of this stage (created if missing).")]
+WorkersOpt = Annotated[Optional[int], typer.Option(min=1, help="Processes for the header scan and the series (default: params ingest.workers).")]
 TruthOpt = Annotated[
     Optional[Path],
     typer.Option("--truth", help="Hidden ground truth of a synthetic cohort (cohort/truth): evaluation only."),
@@ -91,7 +92,7 @@ def ingest(
     input: Annotated[Path, typer.Option("--input", help="DICOM folder tree (any nesting); SEG files in it become labels.")],
     out: OutOpt,
     params_file: ParamsOpt = Path("params.yaml"),
-    workers: Annotated[int, typer.Option(help="Worker processes for the header scan and the series.")] = 1,
+    workers: WorkersOpt = None,
 ) -> None:
     """Assemble, de-identify and harmonize series; write volumes, labels, manifest.parquet and quarantine.parquet."""
     from medsegllm.ingest.run import run_ingest
@@ -99,7 +100,7 @@ def ingest(
     params = _params(params_file)
     if not input.is_dir():
         _fail(f"--input {input} is not a folder")
-    _print(run_ingest(input, out, params.ingest, _salt(params), workers=workers,
+    _print(run_ingest(input, out, params.ingest, _salt(params), workers=workers or params.ingest.workers,
                       holdout_devices=params.split.holdout_devices))
 
 
@@ -143,13 +144,13 @@ def ingest_shard(
     shard: Annotated[int, typer.Option("--shard", min=0, help="Shard index, 0-based.")],
     out: OutOpt,
     params_file: ParamsOpt = Path("params.yaml"),
-    workers: Annotated[int, typer.Option(help="Worker processes for the header scan and the series.")] = 1,
+    workers: WorkersOpt = None,
 ) -> None:
     """Ingest one shard of a plan; `ingest-merge` combines the shard outputs."""
     from medsegllm.ingest.shards import run_ingest_shard
 
     params = _params(params_file)
-    _print(run_ingest_shard(input, plan, shard, out, params.ingest, _salt(params), workers=workers,
+    _print(run_ingest_shard(input, plan, shard, out, params.ingest, _salt(params), workers=workers or params.ingest.workers,
                             holdout_devices=params.split.holdout_devices))
 
 

@@ -52,6 +52,7 @@ class IngestParams(_Section):
         "(`medsegllm quarantine-resolve` maps them back locally); false keeps relative paths, for trees without PHI"
     )
     mr_standardization: MRStandardizationParams = Field(default_factory=MRStandardizationParams)
+    workers: int = Field(1, ge=1, description="processes for the header scan and the series (`--workers` overrides)")
     device_station: bool = Field(
         False, description="device_id gets a salted token of StationName ('_st' + 6 hex), telling apart scanners "
         "of one model; split.holdout_devices then names these ids"

@@ -40,3 +40,18 @@ def test_missing_input_folder_fails_readably(tmp_path):
 def test_check_unknown_stage(tmp_path):
     result = runner.invoke(app, ["check", "nostage", str(tmp_path)])
     assert result.exit_code != 0
+
+
+def test_ingest_workers_come_from_params_unless_given(tmp_path, monkeypatch):
+    import medsegllm.ingest.run as ingest_run
+
+    seen = []
+    monkeypatch.setattr(ingest_run, "run_ingest", lambda *args, workers, **kw: seen.append(workers) or {"ok": True})
+    monkeypatch.setenv("MEDSEGLLM_SALT", "cli-test-salt")
+    params = tmp_path / "params.yaml"
+    params.write_text("ingest:\n  workers: 2\n")
+    base = ["ingest", "--input", str(tmp_path), "--out", str(tmp_path / "o"), "--params", str(params)]
+    assert runner.invoke(app, base).exit_code == 0
+    assert runner.invoke(app, [*base, "--workers", "1"]).exit_code == 0
+    assert runner.invoke(app, [*base, "--workers", "0"]).exit_code != 0
+    assert seen == [2, 1]
