@@ -195,10 +195,6 @@ class TrainParams(_Section):
         2, description="2: axial slice crops and slice-wise inference; 3: patches and sliding windows over the volume"
     )
     channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
-    prompt_tuning: bool = Field(
-        False, description="medsegllm head: class prompts start at their text embeddings and are trained (a learned "
-        "offset per class); false keeps them frozen"
-    )
     roi_size: tuple[int, ...] = Field((64, 64), description="crop / sliding window (x, y) or (x, y, z): one per spatial dim")
     epochs: int = Field(8, ge=1)
     steps_per_epoch: int = Field(30, ge=1)

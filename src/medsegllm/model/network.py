@@ -159,8 +159,6 @@ class MedSegNet(_Base):
         self.proj = (nn.Conv2d if train.spatial_dims == 2 else nn.Conv3d)(n_features, text_dim, kernel_size=1)
         self.register_buffer("class_prompts", F.normalize(torch.as_tensor(np.asarray(class_prompts), dtype=torch.float32), dim=1))
         self.register_buffer("subtype_prompts", F.normalize(torch.as_tensor(np.asarray(subtype_prompts), dtype=torch.float32), dim=1))
-        # a learned offset per class prompt, zero at the start: the head begins at the text embeddings
-        self.prompt_offset = nn.Parameter(torch.zeros_like(self.class_prompts)) if train.prompt_tuning else None
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.class_bias = nn.Parameter(torch.zeros(class_prompts.shape[0]))
 
@@ -177,19 +175,11 @@ class MedSegNet(_Base):
         gram_f = torch.einsum("fg,bg...->bf...", weight.T @ weight, f)
         sq = (f * gram_f).sum(1) + 2 * torch.einsum("f,bf...->b...", weight.T @ bias, f) + bias @ bias
         norm = sq.clamp_min(1e-12).sqrt()
-        prompts = self.head_prompts()
-        prompt_w = prompts @ weight  # (C, F)
-        dot = torch.einsum("cf,bf...->bc...", prompt_w, f) + (prompts @ bias).view(channel)
+        prompt_w = self.class_prompts @ weight  # (C, F)
+        dot = torch.einsum("cf,bf...->bc...", prompt_w, f) + (self.class_prompts @ bias).view(channel)
         scale = self.log_scale.clamp(max=math.log(100.0)).exp()
         logits = scale * dot / norm[:, None] + self.class_bias.view(channel)
         return {"logits": logits, "features": f, "norm": norm, "bottleneck": self._bottleneck}
-
-    def head_prompts(self) -> torch.Tensor:
-        """The class prompts the head compares pixels with: the frozen text embeddings, or with
-        `train.prompt_tuning` those plus their learned offsets, renormalized."""
-        if self.prompt_offset is None:
-            return self.class_prompts
-        return F.normalize(self.class_prompts + self.prompt_offset, dim=1)
 
     def pixel_embeddings(self, features: torch.Tensor) -> torch.Tensor:
         """Explicit L2-normalized 384-d pixel embeddings (B,D,*S)."""
