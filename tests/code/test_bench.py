@@ -193,3 +193,19 @@ def test_paper_table_on_a_tiny_cohort_with_two_seeds(tmp_path: Path, monkeypatch
     assert "(1 seed)" in text and "| 0.68 |" in text and "| 0.83 |" in text
     assert "Held-out devices (in no model's training data): " in text or "Held-out device sets differ" in text
     assert text.count("| plain MONAI U-Net, voxel labels only | 5 |") == 1  # per-seed rows
+
+
+def test_rows_plan_runs_the_chosen_rows_on_every_seed_and_renders_means() -> None:
+    from medsegllm.bench.demo import plan
+    from medsegllm.bench.rows import parse_args, render
+
+    assert plan([1, 2], 0, ["full", "uniform_draw"]) == [
+        (1, "pseudolabel"), (1, "full"), (1, "uniform_draw"), (2, "pseudolabel"), (2, "full"), (2, "uniform_draw")]
+    assert [k for s, k in plan([1, 2], 1) if s == 2] == ["pseudolabel", "unet", "pseudo", "align", "full", "swinunetr"]
+    with pytest.raises(SystemExit):
+        parse_args(["--rows", "no_such_row"])
+    runs = {"full": [{"seed": 1, "values": {"dice": 0.5, "dice_holdout": 0.4, "lesions_fp": 10.0}},
+                     {"seed": 2, "values": {"dice": 0.6, "dice_holdout": None, "lesions_fp": 20.0}}]}
+    text = render(runs)
+    assert "| full | 1 | 0.500 | 0.400 | n/a | n/a | n/a | 10.000 |" in text
+    assert "| full | mean | 0.550 | 0.400 | n/a | n/a | n/a | 15.000 |" in text

@@ -178,11 +178,11 @@ def _values(metrics: dict, train: dict, per_modality: list[dict]) -> dict[str, f
     return values
 
 
-def plan(seeds: list[int], extra_seeds: int) -> list[tuple[int, str]]:
+def plan(seeds: list[int], extra_seeds: int, keys: list[str] | None = None) -> list[tuple[int, str]]:
     """(seed, job) in run order, seed by seed so a partial run still has whole seeds; each seed starts
-    with its pseudolabel stage."""
-    return [(seed, key) for i, seed in enumerate(seeds)
-            for key in ("pseudolabel", *(r["key"] for r in ROWS if r["core"] or i < extra_seeds))]
+    with its pseudolabel stage. `keys` runs those rows on every seed instead."""
+    chosen = [[r["key"] for r in ROWS if r["core"] or i < extra_seeds] if keys is None else keys for i in range(len(seeds))]
+    return [(seed, key) for seed, row_keys in zip(seeds, chosen) for key in ("pseudolabel", *row_keys)]
 
 
 def _seconds_left(measured: dict[str, list[float]], left: list[str]) -> float:
@@ -197,14 +197,23 @@ def run_paper_table(data_dir: Path, params, salt: str, work: Path, seeds: list[i
     `seed` sets weight init, batch sampling, augmentation and the hash split of the seen devices'
     unlabelled series; held-out devices are always validation and labelled studies always train.
     """
+    runs, stages, measured = train_rows(data_dir, params, salt, work, plan(seeds, extra_seeds))
+    table = summarize_table(runs, stages, seeds)
+    table["seconds_by_job"] = measured
+    return table
+
+
+def train_rows(data_dir: Path, params, salt: str, work: Path, jobs: list[tuple[int, str]]
+               ) -> tuple[dict[str, list[dict]], list[dict], dict[str, list[float]]]:
+    """Run `plan`'s jobs: (runs per row key, pseudolabel stage summaries, seconds per job key)."""
     from medsegllm.pseudolabel.run import run_pseudolabel
     from medsegllm.train.run import run_train
     from medsegllm.validate.run import GateFailed, run_validate
 
     data_dir, work = Path(data_dir), Path(work)
     ingested, findings, truth = data_dir / "ingested", data_dir / "findings", data_dir / "cohort" / "truth"
-    jobs = plan(seeds, extra_seeds)
     rows = {row["key"]: row for row in ROWS}
+    seeds = list(dict.fromkeys(seed for seed, _ in jobs))
     print(f"[bench] paper table plan: {len(jobs)} jobs (pseudolabel stage + train + validate per row), seeds {seeds}: "
           + "; ".join(f"{seed}: {', '.join(k for s, k in jobs if s == seed)}" for seed in seeds), file=sys.stderr)
     runs: dict[str, list[dict]] = {key: [] for key in rows}
@@ -240,9 +249,7 @@ def run_paper_table(data_dir: Path, params, salt: str, work: Path, seeds: list[i
         measured.setdefault(key, []).append(time.perf_counter() - t0)
         print(f"[bench] seed {seed} {key}: {measured[key][-1]:.0f} s; elapsed {time.perf_counter() - started:.0f} s, "
               f"about {_seconds_left(measured, [k for _, k in jobs[index + 1:]]):.0f} s left", file=sys.stderr)
-    table = summarize_table(runs, stages, seeds)
-    table["seconds_by_job"] = measured
-    return table
+    return runs, stages, measured
 
 
 def summarize_table(runs: dict[str, list[dict]], stages: list[dict], seeds: list[int]) -> dict:
