@@ -94,9 +94,7 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "json_path": str(args.out_json),
     }
-    with tempfile.TemporaryDirectory(prefix="medsegllm-bench-", dir=args.workdir) as work:
-        print(f"[bench] ingest: {args.slices} x {args.size}^2 CT series", file=sys.stderr)
-        results["ingest"] = bench_ingest(args.slices, args.size, args.reps, Path(work), tuple(args.ingest_cohort))
+    results["ingest"] = measure_ingest(args)
     results["devices"] = []
     for device in devices():
         print(f"[bench] training + inference on {device}", file=sys.stderr)
@@ -123,15 +121,20 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
     return results
 
 
+def measure_ingest(args: argparse.Namespace) -> dict:
+    """Section 1 in a scratch folder of its own."""
+    with tempfile.TemporaryDirectory(prefix="medsegllm-bench-", dir=args.workdir) as work:
+        print(f"[bench] ingest: {args.slices} x {args.size}^2 CT series", file=sys.stderr)
+        return bench_ingest(args.slices, args.size, args.reps, Path(work), tuple(args.ingest_cohort))
+
+
 def remeasure(args: argparse.Namespace, command: str) -> dict:
     """The last full run's results with `args.only` measured again, and that run's provenance noted."""
     results = json.loads(Path(args.out_json).read_text())
     started = time.perf_counter()
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     machine = machine_info()
-    with tempfile.TemporaryDirectory(prefix="medsegllm-bench-", dir=args.workdir) as work:
-        print(f"[bench] ingest only: {args.slices} x {args.size}^2 CT series", file=sys.stderr)
-        results["ingest"] = bench_ingest(args.slices, args.size, args.reps, Path(work), tuple(args.ingest_cohort))
+    results["ingest"] = measure_ingest(args)
     earlier = [e for e in results.get("remeasured", []) if e["section"] != args.only]
     results["remeasured"] = [*earlier, {"section": args.only, "command": command, "started_utc": when,
                                         "machine": machine, "seconds": round(time.perf_counter() - started, 1)}]

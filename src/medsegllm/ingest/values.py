@@ -28,9 +28,7 @@ _CHARSET_VRS = frozenset({"LO", "SH"})  # of those, the ones decoded with the fi
 
 def header_get(ds: pydicom.Dataset, keyword: str, default: Any = None) -> Any:
     """`ds.get(keyword, default)` for a standard keyword, with the same value and the same errors."""
-    tag = _TAGS.get(keyword)
-    if tag is None:
-        tag = _TAGS.setdefault(keyword, tag_for_keyword(keyword))
+    tag = _tag(keyword)
     if tag is None:  # not a plain keyword (a repeating group's, a typo): pydicom decides
         return ds.get(keyword, default)
     raw = ds.get_item(tag)
@@ -54,7 +52,7 @@ def header_floats(ds: pydicom.Dataset, keyword: str) -> list[float] | None:
     """`[float(v) for v in ds.get(keyword)]` (None when absent), parsing a decimal string's bytes
     directly: pydicom builds and validates a DSfloat per value first. Anything unusual goes the
     pydicom way, so errors stay pydicom's."""
-    tag = _TAGS.get(keyword) or _TAGS.setdefault(keyword, tag_for_keyword(keyword))
+    tag = _tag(keyword)
     raw = ds.get_item(tag) if tag is not None else None
     if isinstance(raw, RawDataElement) and raw.value and (raw.VR or _dictionary_vr(tag)) == "DS":
         try:
@@ -65,6 +63,13 @@ def header_floats(ds: pydicom.Dataset, keyword: str) -> list[float] | None:
     if value is None:
         return None
     return [float(v) for v in (value if isinstance(value, (list, MultiValue)) else [value])]
+
+
+def _tag(keyword: str) -> int | None:
+    """The keyword's tag, looked up once (None for a repeating group's keyword or a typo)."""
+    if keyword not in _TAGS:
+        _TAGS[keyword] = tag_for_keyword(keyword)
+    return _TAGS[keyword]
 
 
 def _dictionary_vr(tag: int) -> str | None:

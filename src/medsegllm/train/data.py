@@ -172,7 +172,7 @@ def _draw_slices(samples: TrainSamples, n: int, labelled_share: float | None, rn
     """n indices into `samples.slices`: uniform, or `labelled_share` of them from voxel-labelled series."""
     if labelled_share is None:
         return rng.integers(0, len(samples.slices), n)
-    labelled = np.asarray([samples.series[i].weight is None for i in samples.slices[:, 0]], dtype=bool)
+    labelled = np.asarray([s.weight is None for s in samples.series], dtype=bool)[samples.slices[:, 0]]
     if labelled.all() or not labelled.any():
         return rng.integers(0, len(samples.slices), n)
     n_labelled = int(round(labelled_share * n))
