@@ -172,26 +172,81 @@ def test_bad_multiframe_objects_are_quarantined_with_reasons(demo, tmp_path):
     short = copy.deepcopy(demo["MR"]["enhanced"])
     short.PixelData = short.PixelData[: len(short.PixelData) // 2]
     short.save_as(tree / "short.dcm")
-    echoes = copy.deepcopy(demo["MR"]["enhanced"])  # every frame twice, at echo times 5 and 10 ms
-    echoes.SeriesInstanceUID = generate_uid()
-    frames = list(echoes.PerFrameFunctionalGroupsSequence)
-    doubled = [copy.deepcopy(item) for _ in range(2) for item in frames]
-    for n, item in enumerate(doubled):
-        echo = pydicom.Dataset()
-        echo.EffectiveEchoTime = 5.0 if n < len(frames) else 10.0
-        item.MREchoSequence = pydicom.Sequence([echo])
-    echoes.PerFrameFunctionalGroupsSequence = pydicom.Sequence(doubled)
-    echoes.NumberOfFrames = len(doubled)
-    echoes.PixelData = echoes.PixelData * 2
-    echoes.save_as(tree / "echoes.dcm")
     summary = run_ingest(tree, tmp_path / "out", PARAMS, SALT)
     reasons = dict(pd.read_parquet(tmp_path / "out" / "quarantine.parquet")[["path", "reason"]].values)
-    assert reasons["echoes.dcm"] == ("multi-frame object holds 2 echoes (EffectiveEchoTime) at repeated positions; "
-                                     "split it into one object per volume")
     assert reasons["two_stacks.dcm"] == "multi-frame object holds 2 stacks (StackID); split it into one stack per object"
     assert reasons["no_groups.dcm"] == "multi-frame CT/MR without per-frame functional groups (no frame geometry)"
     assert reasons["short.dcm"].startswith("pixel data unreadable")
-    assert summary["n_series"] == 0 and summary["n_quarantined_files"] == summary["n_files"] == 4
+    assert summary["n_series"] == 0 and summary["n_quarantined_files"] == summary["n_files"] == 3
+
+
+def _echo_object(enhanced: pydicom.Dataset, echo_times: tuple[float, float]) -> pydicom.Dataset:
+    """`enhanced` holding two echoes: every frame again at the second echo time, the second echo's
+    pixels half the first's, so a volume read shows which frames it took."""
+    ds = copy.deepcopy(enhanced)
+    ds.SeriesInstanceUID = generate_uid()
+    frames = list(ds.PerFrameFunctionalGroupsSequence)
+    doubled = [copy.deepcopy(item) for _ in echo_times for item in frames]
+    for n, item in enumerate(doubled):
+        echo = pydicom.Dataset()
+        echo.EffectiveEchoTime = echo_times[n // len(frames)]
+        item.MREchoSequence = pydicom.Sequence([echo])
+    first = ds.pixel_array
+    ds.PerFrameFunctionalGroupsSequence = pydicom.Sequence(doubled)
+    ds.NumberOfFrames = len(doubled)
+    ds.PixelData = np.concatenate([first, first // 2]).astype(first.dtype).tobytes()
+    return ds
+
+
+def test_enhanced_object_with_two_echoes_is_split_into_two_volumes(demo, tmp_path):
+    item = demo["MR"]
+    echoes = _echo_object(item["enhanced"], (10.0, 5.0))  # echo 1 is the shorter echo time: the frames' second half
+    path = tmp_path / "echoes.dcm"
+    echoes.save_as(path)
+    original = _volume([item["path"]])
+    for stack, expected in (("echo=2", original.array), ("echo=1", original.array // 2)):
+        datasets, slices, bad = decode_series([path], frame_stack=stack)
+        assert not bad
+        volume = build_volume(datasets, slices)
+        np.testing.assert_array_equal(volume.array, expected)
+        np.testing.assert_allclose(volume.affine, original.affine, atol=1e-6)
+    assert decode_series([path])[2] == [(path, "multi-frame object holds 2 volumes (echo=1, echo=2); "
+                                               "read it one volume at a time")]
+
+    tree = tmp_path / "in"
+    tree.mkdir()
+    shutil.copy(path, tree / "echoes.dcm")
+    shutil.copy(item["path"], tree / "single.dcm")
+    summary = run_ingest(tree, tmp_path / "out", PARAMS, SALT)
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet").set_index("series_id")
+    uid = str(echoes.SeriesInstanceUID)
+    assert summary["n_series"] == 3 and summary["n_image_files"] == 2 and summary["n_quarantined_files"] == 0
+    single = manifest.loc[pseudonym(str(item["enhanced"].SeriesInstanceUID), SALT)]
+    for stack in ("echo=1", "echo=2"):
+        row = manifest.loc[pseudonym(f"{uid}#{stack}", SALT)]
+        assert row["stack_label"] == stack and row["n_slices"] == single["n_slices"] == len(item["files"])
+    same, _ = load_nifti(tmp_path / "out" / manifest.loc[pseudonym(f"{uid}#echo=2", SALT), "volume_path"])
+    np.testing.assert_array_equal(same, load_nifti(tmp_path / "out" / single["volume_path"])[0])
+
+
+def test_a_failing_volume_quarantines_its_object_and_keeps_the_others(demo, tmp_path):
+    tree = tmp_path / "in"
+    tree.mkdir()
+    tilted = _echo_object(demo["MR"]["enhanced"], (5.0, 10.0))
+    n = len(demo["MR"]["files"])
+    frame = tilted.PerFrameFunctionalGroupsSequence[n + 2]  # a frame of echo 2
+    frame.PlaneOrientationSequence = copy.deepcopy(tilted.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence)
+    frame.PlaneOrientationSequence[0].ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    tilted.save_as(tree / "tilted.dcm")
+    same_echo = _echo_object(demo["MR"]["enhanced"], (5.0, 5.0))  # repeats that no attribute explains
+    same_echo.save_as(tree / "same_echo.dcm")
+    summary = run_ingest(tree, tmp_path / "out", PARAMS, SALT)
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    reasons = dict(pd.read_parquet(tmp_path / "out" / "quarantine.parquet")[["path", "reason"]].values)
+    assert manifest["series_id"].tolist() == [pseudonym(f"{tilted.SeriesInstanceUID}#echo=1", SALT)]
+    assert reasons == {"tilted.dcm": "volume echo=2: inconsistent ImageOrientationPatient within series",
+                       "same_echo.dcm": "duplicate slice positions within series"}
+    assert summary["n_files"] == summary["n_quarantined_files"] == 2 and summary["n_image_files"] == 0
 
 
 @pytest.mark.skipif(not DCM2NIIX.exists(), reason="dcm2niix not installed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from collections import defaultdict
@@ -313,3 +314,57 @@ def test_enhanced_multiframe_source_gets_a_seg_on_its_frames(checkpoint: Path, c
         np.testing.assert_array_equal(seg.pixel_array[i].astype(bool), label[:, :, z].T == SEG_CLASSES.index("liver"))
         seen.append(z)
     assert sorted(seen) == list(labelled)
+
+
+def test_enhanced_object_with_two_echoes_gets_one_series_and_seg_per_echo(checkpoint: Path, cohort: Path, tmp_path: Path,
+                                                                          monkeypatch):
+    """An Enhanced MR holding two echoes is read as two series, as ingest splits it; each SEG covers
+    every frame at the labelled position, both echoes' (a SEG on a multi-frame image has one plane per
+    source frame, and the echoes show the same anatomy)."""
+    from highdicom.legacy import LegacyConvertedEnhancedMRImage
+
+    classic = sorted(next(files for files in _source_series(cohort).values() if files[0].Modality == "MR"),
+                     key=lambda ds: float(ds.ImagePositionPatient[2]))
+    enhanced = LegacyConvertedEnhancedMRImage(classic, series_instance_uid=hd.UID(), series_number=99,
+                                              sop_instance_uid=hd.UID(), instance_number=1)
+    frames = list(enhanced.PerFrameFunctionalGroupsSequence)
+    doubled = [copy.deepcopy(item) for _ in range(2) for item in frames]
+    for n, item in enumerate(doubled):
+        echo = pydicom.Dataset()
+        echo.EffectiveEchoTime = 5.0 if n < len(frames) else 10.0
+        item.MREchoSequence = pydicom.Sequence([echo])
+    enhanced.PerFrameFunctionalGroupsSequence = pydicom.Sequence(doubled)
+    enhanced.NumberOfFrames = len(doubled)
+    enhanced.PixelData = enhanced.PixelData * 2
+    (tmp_path / "in").mkdir()
+    enhanced.save_as(tmp_path / "in" / "echoes.dcm")
+
+    def liver_on_one_slice(model, volume, device_id):
+        probs = np.zeros((len(SEG_CLASSES), *volume.shape), dtype=np.float32)
+        probs[0] = 1.0
+        probs[SEG_CLASSES.index("liver"), 10:30, 15:40, volume.shape[2] // 3] = 2.0
+        return probs
+
+    monkeypatch.setattr(segment_run, "predict_volume", liver_on_one_slice)
+    summary = run_segment(str(checkpoint), tmp_path / "in", tmp_path / "out", Params(), SALT)
+    assert summary["n_series"] == 2 and summary["n_failed_series"] == 0 and summary["n_quarantined_files"] == 0
+    uid = str(enhanced.SeriesInstanceUID)
+    assert {row["series_id"] for row in summary["series"]} == {pseudonym(f"{uid}#echo={e}", SALT) for e in (1, 2)}
+    frame_positions = np.array([item.PlanePositionSequence[0].ImagePositionPatient for item in frames], dtype=float)
+    for row in summary["series"]:
+        label, affine = load_nifti(tmp_path / "out" / row["nifti"])
+        seg = hd.seg.segread(tmp_path / "out" / row["seg"])
+        labelled = np.flatnonzero(label.any(axis=(0, 1)))
+        assert seg.NumberOfFrames == len(labelled) > 0
+        planes = seg.pixel_array.reshape(seg.NumberOfFrames, seg.Rows, seg.Columns).astype(bool)
+        slice_positions = [(affine @ [0.0, 0.0, k, 1.0])[:3] * [-1, -1, 1] for k in range(label.shape[2])]  # RAS -> LPS
+        for plane, group in zip(planes, seg.PerFrameFunctionalGroupsSequence):
+            position = np.array(group.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+            frame = int(np.argmin(np.abs(frame_positions - position).sum(axis=1)))  # the source frame there, echo 1
+            np.testing.assert_allclose(frame_positions[frame], position, atol=1e-3)
+            referenced = sorted(int(source.ReferencedFrameNumber)
+                                for source in group.DerivationImageSequence[0].SourceImageSequence)
+            assert referenced == [frame + 1, frame + 1 + len(frames)]  # both echoes' frames at that position
+            z = int(np.argmin([np.abs(p - position).sum() for p in slice_positions]))  # the label's slice there
+            assert z in labelled
+            np.testing.assert_array_equal(plane, label[:, :, z].T > 0)

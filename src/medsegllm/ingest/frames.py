@@ -4,6 +4,11 @@ Each frame becomes a plain single-frame view carrying the attributes the classic
 (position, orientation, pixel spacing, rescale), taken from the frame's Per-frame Functional Group,
 else from the Shared Functional Group. The frames then go through the same sorting along the slice
 normal and the same gap, duplicate and orientation checks as the files of a classic series.
+
+An object that holds several volumes (echoes, time points, cardiac phases or magnitude/phase at
+repeated positions) is split into them like a classic series is split into stacks: each frame gets
+a volume label ("echo=2", "time=3,type=M"), the scan lists an object's labels, and each volume
+becomes its own stack, read through `frame_views(ds, stack)`.
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ FRAME_GROUPS = {
     "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
 }
 
-# Per-frame attributes that make several volumes of one multi-frame object: (what, functional group, attribute)
+# Per-frame attributes that make several volumes of one multi-frame object (echoes, time points,
+# cardiac phases, magnitude/phase): (stack label, functional group, attribute). Echoes are numbered by
+# echo time, as EchoNumbers numbers the echoes of a classic series; the other labels carry the value.
 PER_FRAME_SPLITS = (
-    ("echoes", "MREchoSequence", "EffectiveEchoTime"),
-    ("time points", "FrameContentSequence", "TemporalPositionIndex"),
-    ("cardiac phases", "CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"),
-    ("image components", "MRImageFrameTypeSequence", "ComplexImageComponent"),
+    ("echo", "MREchoSequence", "EffectiveEchoTime"),
+    ("time", "FrameContentSequence", "TemporalPositionIndex"),
+    ("trigger", "CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"),
+    ("type", "MRImageFrameTypeSequence", "ComplexImageComponent"),
 )
 
 
@@ -47,8 +54,10 @@ def _group(item: Dataset, shared: Dataset, keyword: str) -> Dataset | None:
     return None
 
 
-def frame_views(ds: Dataset) -> list[Dataset]:
-    """One header-only dataset per frame, in frame order; raises SeriesError when frame geometry is absent."""
+def frame_geometry(ds: Dataset) -> tuple[list[Dataset], list[str]]:
+    """Every frame's header view, in frame order, and the volume each frame belongs to: "" throughout
+    when the frames make one volume, else labels such as "echo=2". Raises SeriesError when frame
+    geometry is absent."""
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if not per_frame:
@@ -59,7 +68,7 @@ def frame_views(ds: Dataset) -> list[Dataset]:
     shared = shared_sequence[0] if shared_sequence else Dataset()
     stacks = set()
     views = []
-    for item in per_frame:
+    for index, item in enumerate(per_frame):
         view = Dataset()
         view.Rows, view.Columns = ds.Rows, ds.Columns
         view.SamplesPerPixel = ds.get("SamplesPerPixel", 1)
@@ -70,42 +79,84 @@ def frame_views(ds: Dataset) -> list[Dataset]:
                     setattr(view, attribute, group[attribute].value)
         content = _group(item, shared, "FrameContentSequence")
         stacks.add(str(content.get("StackID", "")) if content is not None else "")
+        view.frame_index = index  # a plain attribute, not a DICOM element: which plane of the pixel data
         views.append(view)
     if len(stacks) > 1:
         raise SeriesError(f"multi-frame object holds {len(stacks)} stacks (StackID); split it into one stack per object")
-    _check_one_volume(per_frame, shared, views)
-    return views
+    return views, _volume_labels(per_frame, shared, views)
 
 
-def _check_one_volume(per_frame: Sequence, shared: Dataset, views: list[Dataset]) -> None:
-    """Frames at repeated positions that a per-frame attribute tells apart (echoes, time points, cardiac
-    phases, magnitude/phase) are several volumes in one object: name them, as the classic path would
-    split them into stacks. One volume per object is all this reader assembles."""
+def frame_views(ds: Dataset, stack: str | None = None) -> list[Dataset]:
+    """The header views of the frames of volume `stack` (a label of `frame_geometry`), in frame order;
+    None: every frame, which must then make one volume."""
+    views, labels = frame_geometry(ds)
+    if stack is None:
+        volumes = sorted(set(labels))
+        if len(volumes) > 1:
+            raise SeriesError(f"multi-frame object holds {len(volumes)} volumes ({', '.join(volumes)}); "
+                              "read it one volume at a time")
+        return views
+    chosen = [view for view, label in zip(views, labels) if label == stack]
+    if not chosen:
+        raise SeriesError(f"multi-frame object holds no volume {stack}")
+    return chosen
+
+
+def volume_labels(ds: Dataset) -> tuple[str, ...]:
+    """The volumes of a multi-frame object that holds several, in frame order; () for one volume or
+    when its frame geometry is unusable (reading the object reports why)."""
+    try:
+        labels = frame_geometry(ds)[1]
+    except Exception:  # malformed functional groups: the decode step quarantines the file with its reason
+        return ()
+    return tuple(dict.fromkeys(labels)) if len(set(labels)) > 1 else ()
+
+
+def _volume_labels(per_frame: Sequence, shared: Dataset, views: list[Dataset]) -> list[str]:
+    """Per frame, the attributes of PER_FRAME_SPLITS that tell repeated positions apart ("echo=1,type=M").
+
+    No split ("" for every frame) when positions do not repeat, or when the varying attributes leave
+    some position repeated within one label: the geometry checks then report the duplicates.
+    """
     try:
         positions = [tuple(round(float(v), 2) for v in view.get("ImagePositionPatient") or ()) for view in views]
     except (TypeError, ValueError):  # malformed positions: geometry reports them
-        return
+        return [""] * len(views)
     if len(set(positions)) == len(positions):
-        return
-    varying = []
-    for name, group, attribute in PER_FRAME_SPLITS:
-        values = set()
+        return [""] * len(views)
+    columns = []
+    for label, group, attribute in PER_FRAME_SPLITS:
+        values = []
         for item in per_frame:
             found = _group(item, shared, group)
-            values.add(str(found.get(attribute, "")) if found is not None else "")
-        if len(values) > 1:
-            varying.append(f"{len(values)} {name} ({attribute})")
-    if varying:
-        raise SeriesError(f"multi-frame object holds {' x '.join(varying)} at repeated positions; "
-                          "split it into one object per volume")
+            values.append(str(found.get(attribute, "")).strip() if found is not None else "")
+        if len(set(values)) > 1:
+            columns.append((label, _echo_numbers(values) if label == "echo" else values))
+    labels = [",".join(f"{label}={values[i]}" for label, values in columns) for i in range(len(views))]
+    if len(set(zip(labels, positions))) < len(positions):
+        return [""] * len(views)
+    return labels
+
+
+def _echo_numbers(times: list[str]) -> list[str]:
+    """1, 2, ... in order of echo time (a blank time sorts first)."""
+    def key(value: str) -> tuple[int, float, str]:
+        try:
+            return (1, float(value), value)
+        except ValueError:
+            return (0, 0.0, value)
+
+    order = {value: str(n) for n, value in enumerate(sorted(set(times), key=key), 1)}
+    return [order[value] for value in times]
 
 
 def frame_pixels(ds: pydicom.Dataset, views: list[Dataset]) -> list[np.ndarray]:
-    """Every frame in stored units times its RescaleSlope plus RescaleIntercept, float32, (X, Y)."""
+    """The frames of `views` (from `frame_views`) in stored units times their RescaleSlope plus
+    RescaleIntercept, float32, (X, Y)."""
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise SeriesError("not a grayscale image")
     data = ds.pixel_array
     data = data[None] if data.ndim == 2 else data
-    if data.ndim != 3 or data.shape[0] != len(views):
+    if data.ndim != 3 or data.shape[0] != int(ds.get("NumberOfFrames", 1) or 1):
         raise SeriesError("multi-frame pixel data does not hold one plane per frame")
-    return [rescaled(plane, view) for plane, view in zip(data, views)]
+    return [rescaled(data[view.frame_index], view) for view in views]

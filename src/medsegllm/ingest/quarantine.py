@@ -37,6 +37,17 @@ def pseudonymize_path(relative: str, salt: str) -> str:
     return "/".join(out)
 
 
+def one_row_per_file(quarantine: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """One (file, reason) per file, in first-seen order: a file rejected for several reasons (the
+    volumes of one enhanced object) gets them all, joined by "; ", each once."""
+    reasons: dict[Path, list[str]] = {}
+    for path, reason in quarantine:
+        listed = reasons.setdefault(path, [])
+        if reason not in listed:
+            listed.append(reason)
+    return [(path, "; ".join(listed)) for path, listed in reasons.items()]
+
+
 def quarantine_table(quarantine: list[tuple[Path, str]], input_dir: Path, salt: str, pseudonymize: bool) -> pa.Table:
     """The QUARANTINE table of (file, reason) pairs, sorted by the path it writes."""
 

@@ -28,7 +28,7 @@ from medsegllm.common.io import remove_partials, write_json, write_parquet
 from medsegllm.common.schemas import MANIFEST
 from medsegllm.config import IngestParams
 from medsegllm.ingest.identity import header_device_id, pseudonyms
-from medsegllm.ingest.quarantine import quarantine_table
+from medsegllm.ingest.quarantine import one_row_per_file, quarantine_table
 from medsegllm.ingest.scan import ImageHeader, ScanResult, SegHeader, scan
 from medsegllm.ingest.stacks import group_series
 from medsegllm.ingest.series import SeriesJob, SeriesOutcome, process_series
@@ -120,6 +120,7 @@ def _jobs(series: dict[str, list[ImageHeader]], segs: dict[str, list[Path]], out
                 model_name=first.model_name,
                 device_id=header_device_id(first.manufacturer, first.model_name, first.station, params.device_station, salt),
                 input_hash=input_hash(files + sorted(segs.get(key, [])), params),
+                frame_stack=first.frame_stack,
             )
         )
     return jobs
@@ -137,20 +138,20 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def _plan(jobs: list[SeriesJob], out_dir: Path) -> tuple[list[dict], list[SeriesJob], int, int]:
+def _plan(jobs: list[SeriesJob], out_dir: Path) -> tuple[list[dict], list[SeriesJob], set[Path], int]:
     """Rows of the previous run that still hold (same inputs, outputs intact), the jobs left to run,
-    and the image and label files the reused rows account for."""
+    and the image files and number of label files the reused rows account for."""
     previous = _previous_rows(out_dir)
-    rows, todo, n_images, n_labels = [], [], 0, 0
+    rows, todo, image_files, n_labels = [], [], set(), 0
     for job in jobs:
         row = previous.get(job.identity["series_id"])
         if _reusable(row, job):
             rows.append(row)
-            n_images += len(job.files)
+            image_files.update(job.files)
             n_labels += len(job.seg_files)
         else:
             todo.append(job)
-    return rows, todo, n_images, n_labels
+    return rows, todo, image_files, n_labels
 
 
 def _pool(workers: int) -> ProcessPoolExecutor | nullcontext:
@@ -189,18 +190,22 @@ def run_ingest(input_dir: Path, out_dir: Path, params: IngestParams, salt: str, 
         series = group_series(scanned.images)
         segs, quarantine = _seg_targets(scanned, series)
         quarantine = scanned.quarantine + quarantine
-        rows, todo, n_images, n_labels = _plan(_jobs(series, segs, out_dir, params, salt), out_dir)
+        rows, todo, image_files, n_labels = _plan(_jobs(series, segs, out_dir, params, salt), out_dir)
         n_reused = len(rows)
         for job, outcome in _run_jobs(todo, pool):
             quarantine += outcome.quarantine
             n_labels += outcome.n_label_files
             if outcome.row is not None:
                 rows.append(outcome.row)
-                n_images += len(job.files)
+                image_files.update(job.files)
     rows.sort(key=lambda r: r["series_id"])
     if standardize_mr:
         model = standardize(rows, out_dir, params.mr_standardization, holdout_devices, params.histogram_bins)
         write_json(out_dir / STANDARDIZATION_FILE, model)
+    quarantine = one_row_per_file(quarantine)
+    # a file is an image file when it is in the manifest and not quarantined: an enhanced object split into
+    # volumes can be both, when some of its volumes fail (its row then names them)
+    n_images = len(image_files - {path for path, _ in quarantine})
     quarantine_rows = quarantine_table(quarantine, input_dir, salt, params.pseudonymize_paths)
     write_parquet(out_dir / "manifest.parquet", pa.Table.from_pylist(rows, schema=MANIFEST))
     write_parquet(out_dir / "quarantine.parquet", quarantine_rows)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pydicom
 from tqdm import tqdm
 
+from medsegllm.ingest.frames import is_multiframe, volume_labels
 from medsegllm.ingest.pixels import NativePixels, NativeSlice, native_slice, read_header
 from medsegllm.ingest.rtstruct import rtstruct_references
 from medsegllm.ingest.stacks import stack_attributes
@@ -55,6 +56,8 @@ class ImageHeader:
     complex_part: str = ""  # MR ImageType magnitude/phase/real/imaginary component
     orientation: tuple[float, ...] | None = None  # ImageOrientationPatient of a classic file
     stack: str = ""  # set by stacks.group_series when the series holds several stacks ("echo=2", "plane=1")
+    volumes: tuple[str, ...] = ()  # an enhanced object's volumes when it holds several (frames.volume_labels)
+    frame_stack: str | None = None  # which of them this header stands for (set by stacks.group_series)
 
 
 @dataclass
@@ -144,6 +147,7 @@ def _image_header(path: Path, ds: pydicom.Dataset, modality: str, root: Path, na
         model_name=str(header_get(ds, "ManufacturerModelName", "") or ""),
         station=str(header_get(ds, "StationName", "") or ""),
         native=native_slice(ds, native),
+        volumes=volume_labels(ds) if is_multiframe(ds) else (),
         **stack_attributes(ds),
     )
 

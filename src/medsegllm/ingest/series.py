@@ -38,6 +38,7 @@ class SeriesJob:
     model_name: str
     device_id: str
     input_hash: str
+    frame_stack: str | None = None  # the volume to read from each multi-volume enhanced file (frames.frame_views)
 
 
 @dataclass
@@ -59,9 +60,10 @@ class _File:
     native: NativePixels | None
 
 
-def decode_series(files: list[Path], known: Sequence[NativeSlice | None] = ()
+def decode_series(files: list[Path], known: Sequence[NativeSlice | None] = (), frame_stack: str | None = None
                   ) -> tuple[list[pydicom.Dataset], np.ndarray | list[np.ndarray], list[tuple[Path, str]]]:
-    """One (dataset, slice) pair per slice: a classic file is one slice, an enhanced file one per frame.
+    """One (dataset, slice) pair per slice: a classic file is one slice, an enhanced file one per frame
+    (per frame of volume `frame_stack`, when the file holds several volumes).
 
     Headers come first: from `known` (the scan's record of each file, parallel to `files`) where
     there is one, else read here, so each file is parsed once. The datasets are then those records
@@ -78,7 +80,7 @@ def decode_series(files: list[Path], known: Sequence[NativeSlice | None] = ()
             continue
         try:
             ds, native = read_header(path)
-            views = frame_views(ds) if is_multiframe(ds) else [ds]
+            views = frame_views(ds, frame_stack) if is_multiframe(ds) else [ds]
             if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
                 raise SeriesError("not a grayscale image")
             readable.append(_File(path, views, native if native is not None and native.shape[0] == len(views) else None))
@@ -180,6 +182,9 @@ def slice_index(datasets: list[pydicom.Dataset], volume: Volume) -> SliceIndex:
 
 
 def _reject(job: SeriesJob, reason: str, specific: list[tuple[Path, str]] = ()) -> SeriesOutcome:
+    if job.frame_stack is not None:  # one volume of an enhanced object that holds several: say which
+        reason = f"volume {job.frame_stack}: {reason}"
+        specific = [(path, f"volume {job.frame_stack}: {why}") for path, why in specific]
     named = {path for path, _ in specific}
     rows = list(specific) + [(p, reason) for p in job.files if p not in named]
     rows += [(p, "label object (SEG/RTSTRUCT) references a quarantined series") for p in job.seg_files]
@@ -188,7 +193,7 @@ def _reject(job: SeriesJob, reason: str, specific: list[tuple[Path, str]] = ()) 
 
 def process_series(job: SeriesJob) -> SeriesOutcome:
     """Build, harmonize and write one series and its labels; quarantine it whole if its geometry fails."""
-    datasets, slices, bad = decode_series(job.files, job.native)
+    datasets, slices, bad = decode_series(job.files, job.native, job.frame_stack)
     if bad:
         return _reject(job, "series contains an unreadable file", bad)
     try:

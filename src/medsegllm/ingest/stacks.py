@@ -10,6 +10,7 @@ with one stack is left exactly as it was.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -59,11 +60,16 @@ def group_series(images: list[ImageHeader]) -> dict[str, list[ImageHeader]]:
     """Image headers by series, and a series that holds several stacks split into them, as dcm2niix does:
     echoes (EchoNumbers), magnitude/phase (ImageType), slice planes (a tri-plane localizer), time points
     (TemporalPositionIdentifier), and, where positions still repeat, TriggerTime or AcquisitionNumber
-    if it tells every repeat apart. One stack keeps the SeriesInstanceUID as its key; stacks get `uid#label` (label also in `stack`)."""
+    if it tells every repeat apart. One stack keeps the SeriesInstanceUID as its key; stacks get `uid#label` (label also in `stack`).
+    An enhanced object that holds several volumes gives one stack per volume (`frame_stack` picks its frames)."""
     by_uid: dict[str, list[ImageHeader]] = defaultdict(list)
-    for header in images:
-        by_uid[header.series_uid].append(header)
     groups: dict[str, list[ImageHeader]] = {}
+    for header in images:
+        if header.volumes:
+            for label in header.volumes:
+                groups.setdefault(f"{header.series_uid}#{label}", []).append(replace(header, stack=label, frame_stack=label))
+            continue
+        by_uid[header.series_uid].append(header)
     for uid, headers in by_uid.items():
         labels = _stack_labels(headers)
         if len(set(labels)) == 1:

@@ -28,9 +28,10 @@ def present_classes(label: np.ndarray) -> list[int]:
     return [value for value in range(1, len(SEG_CLASSES)) if np.any(label == value)]
 
 
-def write_seg(path: Path, label: np.ndarray, source: list[pydicom.Dataset], series_number: int = 990) -> dict:
-    """Write a BINARY SEG of `label` (X, Y, Z on the source grid, z in `source` order); returns its
-    segment names and frame count.
+def write_seg(path: Path, label: np.ndarray, source: list[pydicom.Dataset], series_number: int = 990,
+              plane_positions: list[list[float]] | None = None) -> dict:
+    """Write a BINARY SEG of `label` (X, Y, Z on the source grid, z in `source` order, or at
+    `plane_positions`, one ImagePositionPatient per z); returns its segment names and frame count.
 
     Segments are numbered 1..k over the classes present (DICOM requires consecutive numbers) and
     named by class, so an empty class is simply absent. The caller must not pass an all-background
@@ -63,7 +64,7 @@ def write_seg(path: Path, label: np.ndarray, source: list[pydicom.Dataset], seri
     logging.getLogger("highdicom").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module=r"highdicom\.")
-        seg = _segmentation([filing_copy(source[0]), *source[1:]], numbered, descriptions, series_number)
+        seg = _segmentation([filing_copy(source[0]), *source[1:]], numbered, descriptions, series_number, plane_positions)
     for item in seg.get("ContributingEquipmentSequence", []):
         for element in list(item):
             if element.keyword not in KEEP_IN_EQUIPMENT:
@@ -107,9 +108,12 @@ def filing_copy(first: pydicom.Dataset) -> pydicom.Dataset:
     return reduced
 
 
-def _segmentation(source: list[pydicom.Dataset], numbered: np.ndarray, descriptions: list, series_number: int):
+def _segmentation(source: list[pydicom.Dataset], numbered: np.ndarray, descriptions: list, series_number: int,
+                  plane_positions: list[list[float]] | None = None):
     import highdicom as hd
 
+    if plane_positions is not None:
+        plane_positions = [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, position) for position in plane_positions]
     return hd.seg.Segmentation(
         source_images=source,
         pixel_array=np.ascontiguousarray(np.transpose(numbered, (2, 1, 0))),  # (slices, rows, columns)
@@ -127,4 +131,5 @@ def _segmentation(source: list[pydicom.Dataset], numbered: np.ndarray, descripti
         content_description="automatic segmentation",
         # an empty SpecificCharacterSet means the default repertoire, which highdicom spells as None
         specific_character_set=source[0].get("SpecificCharacterSet") or None,
+        plane_positions=plane_positions,
     )

@@ -22,10 +22,10 @@ from torch import nn
 from medsegllm.common.deid import pseudonym
 from medsegllm.common.io import remove_partials, save_nifti, spacing_of, write_json, write_parquet
 from medsegllm.config import Params
-from medsegllm.ingest.frames import frame_views, is_multiframe
+from medsegllm.ingest.frames import frame_geometry, is_multiframe
 from medsegllm.ingest.geometry import SeriesError, Volume, build_volume
 from medsegllm.ingest.harmonize import harmonize_volume
-from medsegllm.ingest.quarantine import quarantine_table
+from medsegllm.ingest.quarantine import one_row_per_file, quarantine_table
 from medsegllm.ingest.identity import header_device_id
 from medsegllm.ingest.scan import ImageHeader, scan
 from medsegllm.ingest.stacks import group_series
@@ -64,7 +64,7 @@ def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str,
     start = time.perf_counter()
     first = headers[0]
     files = [h.path for h in headers]
-    datasets, slices, bad = decode_series(files)
+    datasets, slices, bad = decode_series(files, frame_stack=first.frame_stack)
     if bad:
         named = {path for path, _ in bad}
         return {}, bad + [(p, "series contains an unreadable file") for p in files if p not in named]
@@ -95,8 +95,8 @@ def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str,
         "status": NO_FOREGROUND,
     }
     if present_classes(label):
-        source, seg_label = _seg_source(files, datasets, volume, label)
-        seg = write_seg(out_dir / f"{series_id}.seg.dcm", seg_label, source)
+        source, seg_label, positions = _seg_source(files, datasets, volume, label)
+        seg = write_seg(out_dir / f"{series_id}.seg.dcm", seg_label, source, plane_positions=positions)
         row.update(seg=f"{series_id}.seg.dcm", status="ok", **seg)
     seconds = time.perf_counter() - start
     row.update(seconds=round(seconds, 3), predict_seconds=round(predict_seconds, 3),
@@ -104,22 +104,28 @@ def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str,
     return row, []
 
 
-def _seg_source(files: list[Path], datasets: list[pydicom.Dataset], volume: Volume,
-                label: np.ndarray) -> tuple[list[pydicom.Dataset], np.ndarray]:
-    """What the SEG references and its label planes in that order: the sorted slices of a classic
-    series, or the frames of an enhanced multi-frame file (frame i of the SEG derives from frame i of
-    the source, so the planes go back from position order to the file's frame order)."""
+def _seg_source(files: list[Path], datasets: list[pydicom.Dataset], volume: Volume, label: np.ndarray
+                ) -> tuple[list[pydicom.Dataset], np.ndarray, list[list[float]] | None]:
+    """What the SEG references, its label planes in that order, and their positions where the source's
+    own cannot be used: the sorted slices of a classic series, or the frames of an enhanced
+    multi-frame file (frame i of the SEG derives from frame i of the source, so the planes go back
+    from position order to the file's frame order). For one volume of an object that holds several
+    (echoes at the same positions), the planes stay in position order at that volume's positions and
+    each references every source frame there, the other volumes' too (highdicom matches them)."""
     ordered = [datasets[i] for i in volume.order]
     if len(files) > 1:
-        return ordered, label
+        return ordered, label, None
     source = pydicom.dcmread(files[0], stop_before_pixels=True, force=True)  # just decoded: its lengths are sane
     if not is_multiframe(source):
-        return ordered, label
+        return ordered, label, None
+    views, volumes = frame_geometry(source)
+    if len(set(volumes)) > 1:
+        return [source], label, [[float(v) for v in view.ImagePositionPatient] for view in ordered]
     index = slice_index(datasets, volume)
-    z_of_frame = [index.z_at([float(v) for v in view.ImagePositionPatient]) for view in frame_views(source)]
+    z_of_frame = [index.z_at([float(v) for v in view.ImagePositionPatient]) for view in views]
     if None in z_of_frame:  # the volume was built from these very frames
         raise AssertionError("a source frame lies on no slice of its own volume")
-    return [source], label[:, :, z_of_frame]
+    return [source], label[:, :, z_of_frame], None
 
 
 def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt: str, base_dir: Path | None = None) -> dict:
@@ -160,7 +166,7 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
         quarantine += rejected
         if row:
             rows.append(row)
-    quarantine_rows = quarantine_table(quarantine, input_dir, salt, params.ingest.pseudonymize_paths)
+    quarantine_rows = quarantine_table(one_row_per_file(quarantine), input_dir, salt, params.ingest.pseudonymize_paths)
     write_parquet(out_dir / "quarantine.parquet", quarantine_rows)
     total = time.perf_counter() - start
     n_slices = sum(r["n_slices"] for r in rows)
