@@ -14,11 +14,17 @@ from typer.testing import CliRunner
 from medsegllm.cli import app
 from medsegllm.common.io import atomic_path, is_partial, remove_partials
 from medsegllm.config import IngestParams
-from medsegllm.ingest.quarantine import pseudonymize_path, resolve_quarantine
+from medsegllm.ingest.quarantine import one_row_per_file, pseudonymize_path, resolve_quarantine
 from medsegllm.ingest.run import run_ingest
 
 SALT = "path-salt"
 PHI_FILE = "DOE^JOHN_MRN123456/2019-03-04 scans/IM_0001_DOE.dcm"
+
+
+def test_a_file_rejected_twice_gets_one_row_with_each_reason_once():
+    a, b = Path("in/a.dcm"), Path("in/b.dcm")
+    rows = [(a, "volume echo=1: unreadable"), (b, "bad"), (a, "volume echo=2: gap"), (a, "volume echo=1: unreadable")]
+    assert one_row_per_file(rows) == [(a, "volume echo=1: unreadable; volume echo=2: gap"), (b, "bad")]
 
 
 def test_pseudonymized_path_keeps_shape_and_suffix_only():
