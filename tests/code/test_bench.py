@@ -32,8 +32,12 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path) -> None:
     assert cpu["device"] == "cpu"
     for key in ("monai_loop", "engine_unet_baseline", "engine_medsegllm"):
         assert cpu["train"][key]["samples_per_s"] > 0
-    for key in ("monai_sliding_window", "predict_volume_unet_baseline", "predict_volume_medsegllm"):
+    for key in ("monai_sliding_window", "predict_volume_unet_baseline", "predict_volume_medsegllm",
+                "predict_volume_unet_baseline_compiled", "predict_volume_medsegllm_compiled"):
         assert cpu["inference"][key]["slices_per_s"] > 0
+    compiled = cpu["inference"]
+    assert compiled["not_compiled"] == {"medsegllm": None, "unet_baseline": None}
+    assert all(compiled["compile_s"][n] > 0 and compiled["compiled_max_abs_diff"][n] < 1e-4 for n in ("medsegllm", "unet_baseline"))
     assert results["demo"] is None
     text = out_md.read_text()
     for section in SECTIONS:
@@ -42,6 +46,7 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path) -> None:
     assert "Not run (`--no-pipeline`)" in text
     assert "No GPU run recorded" in text
     assert render(results) == text and "| 2 | " in text
+    assert "predict_volume, medsegllm, compiled (`segment --compile`)" in text and "s of compiling before the first volume" in text
 
     main(["--only", "ingest", "--slices", "4", "--size", "32", "--reps", "1", "--ingest-cohort", "2", "3", "32",
           "--out-md", str(out_md), "--out-json", str(out_json)])
@@ -50,6 +55,14 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path) -> None:
     assert {k: v for k, v in again.items() if k not in ("ingest", "remeasured")} == {k: v for k, v in results.items() if k != "ingest"}
     assert [e["section"] for e in again["remeasured"]] == ["ingest"]
     assert "re-measured" in out_md.read_text() and render(again) == out_md.read_text()
+
+    main(["--only", "models", "--reps", "1", "--train-steps", "1", "--batch-size", "4", "--train-series", "2",
+          "--train-shape", "40", "40", "4", "--infer-shape", "40", "40", "2", "--infer-reps", "1", "--channels", "8", "16",
+          "--out-md", str(out_md), "--out-json", str(out_json)])
+    third = json.loads(out_json.read_text())
+    assert third["devices"][0]["inference"]["volume_shape"] == [40, 40, 2] and third["ingest"] == again["ingest"]
+    assert [e["section"] for e in third["remeasured"]] == ["ingest", "models"]
+    assert "Section `models` re-measured" in out_md.read_text() and render(third) == out_md.read_text()
 
 
 def test_render_reports_demo_run_when_present(tmp_path: Path) -> None:

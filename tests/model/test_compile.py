@@ -1,10 +1,14 @@
-"""train.compile: the training step through torch.compile (inductor) trains like eager, or falls back."""
+"""torch.compile (inductor): the training step trains like eager, compiled inference predicts like eager, or both fall back."""
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 
+from medsegllm.model import compiled as compiled_module
+from medsegllm.model.compiled import compile_for_inference
+from medsegllm.model.inference import predict_volume
 from medsegllm.model.network import build_model
 from medsegllm.train import distributed
 from medsegllm.train.data import build_samples, load_prompts
@@ -49,3 +53,54 @@ def test_compile_falls_back_to_eager_with_a_reason(monkeypatch, caplog) -> None:
     monkeypatch.setattr(distributed, "compile_blocker", lambda device: None)
     assert isinstance(distributed.training_step(model, compute_losses, distributed.Ranks(), torch.device("cpu"), True),
                       torch._dynamo.eval_frame.OptimizedModule)
+
+
+def _network(**train: object) -> torch.nn.Module:
+    params = tiny_params(channels=[4, 8], precision="fp32", **train)
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    return build_model(params.train, ["scanner_a", "scanner_b"], rng.standard_normal((4, 384)).astype(np.float32),
+                       rng.standard_normal((3, 384)).astype(np.float32)).eval()
+
+
+def _volumes() -> list[np.ndarray]:
+    """Two slice sizes and slice counts: the last window batch is partial, so predict_volume must pad it."""
+    rng = np.random.default_rng(1)
+    return [rng.random((40, 37, 5), dtype=np.float32), rng.random((50, 45, 3), dtype=np.float32)]
+
+
+def test_padded_window_batches_predict_like_unpadded() -> None:
+    model = _network()
+    eager = [predict_volume(model, v, "scanner_a", batch_size=8) for v in _volumes()]
+    model.fixed_batch = 8  # what compile_for_inference sets, without compiling
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[0]))
+    for volume, expected in zip(_volumes(), eager, strict=True):
+        np.testing.assert_allclose(predict_volume(model, volume, "scanner_a", batch_size=8), expected, atol=1e-6)
+    assert set(calls) == {8}  # 5 slices x 4 windows = 20: batches of 8, 8 and 4 padded to 8
+
+
+@pytest.mark.e2e  # inductor compiles C++ kernels: about 15 s cold on 2 cores for this tiny network
+def test_compiled_inference_matches_eager_with_one_graph() -> None:
+    model = _network(norm="instance", dan={"enabled": False})  # params.yaml's network (DAN's routing splits the graph)
+    eager = [predict_volume(model, v, "scanner_b", batch_size=8) for v in _volumes()]
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    assert compile_for_inference(model, batch_size=8) is None
+    assert model.fixed_batch == 8
+    for volume, expected in zip(_volumes(), eager, strict=True):
+        np.testing.assert_allclose(predict_volume(model, volume, "scanner_b", batch_size=8), expected, atol=1e-5)
+    # both volumes, their partial batches and an unseen scanner ran through the one graph built by the warm-up
+    predict_volume(model, _volumes()[0], "never_seen", batch_size=8)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
+
+
+def test_compiled_inference_refusals(monkeypatch) -> None:
+    dan = _network(norm="batch", dan={"enabled": True, "unseen_stats": "test_time"})
+    assert "test-time statistics" in compile_for_inference(dan)
+    assert dan.fixed_batch is None and not hasattr(dan, "_compiled_call_impl") or dan._compiled_call_impl is None
+    assert compile_for_inference(torch.nn.Linear(2, 2)) == "not a MedSegLLM network"
+    monkeypatch.setattr(compiled_module, "compile_blocker", lambda device: "no C++ compiler for inductor (test)")
+    model = _network()
+    assert compile_for_inference(model) == "no C++ compiler for inductor (test)" and model.fixed_batch is None

@@ -176,6 +176,10 @@ def _inference(r: dict) -> list[str]:
             (f"predict_volume, unet_baseline ({i['precision_auto']}, the default)", i["predict_volume_unet_baseline"], i["baseline_vs_monai"]),
             (f"predict_volume, medsegllm ({i['precision_auto']}, the default)", i["predict_volume_medsegllm"], i["medsegllm_vs_monai"]),
         ]
+        compiled = [name for name in ("unet_baseline", "medsegllm") if f"predict_volume_{name}_compiled" in i]
+        rows += [(f"predict_volume, {name}, compiled (`segment --compile`)", i[f"predict_volume_{name}_compiled"],
+                  ratio(i[f"predict_volume_{name}_compiled"]["slices_per_s"], i["monai_sliding_window"]["slices_per_s"]))
+                 for name in compiled]
         lines += [
             f"### {dev['device']}", "",
             f"Volume {i['volume_shape']} (X, Y, Z), axial slices, ROI {i['roi']}, overlap 0.25, gaussian, "
@@ -190,8 +194,19 @@ def _inference(r: dict) -> list[str]:
                   f"{_x(i['paired_medsegllm_vs_monai'])}. The default precision is bf16 where the hardware runs it "
                   f"natively (CUDA, AVX-512 BF16 CPUs); its argmax agrees with fp32 on "
                   f"{_f(100 * i['argmax_agreement_auto_vs_fp32'], 2)} % of voxels here.",
-                  *_goals(i["goals"]), ""]
+                  *[_compiled_note(i, name) for name in compiled], *_goals(i["goals"]), ""]
     return lines
+
+
+def _compiled_note(i: dict, name: str) -> str:
+    """What compiling costs and when it pays off: the steady-state rows above leave the compile out."""
+    if i["not_compiled"][name]:
+        return f"\n{name} was not compiled ({i['not_compiled'][name]}): its compiled row ran eagerly."
+    even = i[f"{name}_compiled_break_even_slices"]
+    return (f"\n{name} compiled: {_f(i['compile_s'][name], 1)} s of compiling before the first volume (inductor's on-disk "
+            f"cache as found), paired {_x(i[f'paired_{name}_compiled_vs_monai'])} vs MONAI once compiled, largest "
+            f"probability difference to eager {i['compiled_max_abs_diff'][name]:.1e}; "
+            + (f"it pays for itself after about {even:,.0f} slices." if even else "it never pays for itself here."))
 
 
 def _reports(r: dict) -> list[str]:

@@ -67,9 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpu-json", type=Path, default=Path("benchmarks/gpu.json"),
                         help="a GPU run of benchmarks/gpu.sh to report beside this run's figures, if present")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a fresh temp folder)")
-    parser.add_argument("--only", choices=["ingest"], default=None,
+    parser.add_argument("--only", choices=["ingest", "models"], default=None,
                         help="re-measure this section only and keep every other figure of --out-json's run "
-                             "(the file says which run each section comes from)")
+                             "(the file says which run each section comes from); models: training and inference, "
+                             "measured together because inference runs the models just trained")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.extra_seeds < 0:
         parser.error("--seeds must be >= 1 and --extra-seeds >= 0")
@@ -83,10 +84,9 @@ def devices() -> list[str]:
 
 def run_bench(args: argparse.Namespace, command: str) -> dict:
     """All benchmarks in order; returns the results dict that render() and the JSON file share."""
-    from medsegllm.config import Params, load_params
+    from medsegllm.config import load_params
 
     started = time.perf_counter()
-    channels = list(args.channels or Params().train.channels)
     results: dict = {
         "command": command,
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -95,13 +95,7 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
         "json_path": str(args.out_json),
     }
     results["ingest"] = measure_ingest(args)
-    results["devices"] = []
-    for device in devices():
-        print(f"[bench] training + inference on {device}", file=sys.stderr)
-        results["devices"].append(bench_models(
-            tuple(args.train_shape), args.train_series, args.batch_size, args.train_steps, args.reps,
-            tuple(args.infer_shape), args.infer_reps, device, channels,
-        ))
+    results["devices"] = measure_models(args)
     params = load_params()
     with tempfile.TemporaryDirectory(prefix="medsegllm-pipeline-", dir=args.workdir) as pipeline_work:
         data_dir = args.data_dir
@@ -128,13 +122,29 @@ def measure_ingest(args: argparse.Namespace) -> dict:
         return bench_ingest(args.slices, args.size, args.reps, Path(work), tuple(args.ingest_cohort))
 
 
+def measure_models(args: argparse.Namespace) -> list[dict]:
+    """Sections 2 and 3 per device: the training loops, then inference on the models they trained."""
+    from medsegllm.config import Params
+
+    channels = list(args.channels or Params().train.channels)
+    results = []
+    for device in devices():
+        print(f"[bench] training + inference on {device}", file=sys.stderr)
+        results.append(bench_models(tuple(args.train_shape), args.train_series, args.batch_size, args.train_steps,
+                                    args.reps, tuple(args.infer_shape), args.infer_reps, device, channels))
+    return results
+
+
 def remeasure(args: argparse.Namespace, command: str) -> dict:
     """The last full run's results with `args.only` measured again, and that run's provenance noted."""
     results = json.loads(Path(args.out_json).read_text())
     started = time.perf_counter()
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     machine = machine_info()
-    results["ingest"] = measure_ingest(args)
+    if args.only == "ingest":
+        results["ingest"] = measure_ingest(args)
+    else:
+        results["devices"] = measure_models(args)
     earlier = [e for e in results.get("remeasured", []) if e["section"] != args.only]
     results["remeasured"] = [*earlier, {"section": args.only, "command": command, "started_utc": when,
                                         "machine": machine, "seconds": round(time.perf_counter() - started, 1)}]

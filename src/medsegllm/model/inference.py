@@ -50,14 +50,20 @@ def predict_volume(model: nn.Module, volume: np.ndarray, device_id: str, batch_s
     or over the volume (3D model).
 
     `batch_size` is slices per call and windows per forward (2D), or windows per forward (3D).
-    A device not seen in training is routed through DAN's shared path; the baseline ignores it.
+    A device not seen in training is routed through DAN's shared path; the baseline ignores it. A model
+    compiled by `compile_for_inference` gets every window batch padded to its one compiled size.
     Windows are blended in fp32 whatever the compute precision.
     """
     model.eval()
     device = next(model.parameters()).device
 
+    fixed = getattr(model, "fixed_batch", None)
+
     def predictor(window: torch.Tensor) -> torch.Tensor:
-        return model(window, _device_tensor(model, device_id, window.shape[0], device)).float()
+        n = window.shape[0]
+        if fixed is not None and n < fixed:  # a compiled model keeps one batch shape: pad, then drop the padding
+            window = torch.cat([window, window.new_zeros((fixed - n, *window.shape[1:]))])
+        return model(window, _device_tensor(model, device_id, window.shape[0], device)).float()[:n]
 
     if _is_3d(model):
         image = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None].to(device)

@@ -72,12 +72,18 @@ class _Base(nn.Module):
         self.roi_size = tuple(train.roi_size)
         self.router = DomainRouter(len(device_ids), test_time_stats=train.dan.unseen_stats == "test_time")
         self._bottleneck: torch.Tensor | None = None
+        self.fixed_batch: int | None = None  # set by compile_for_inference: inference pads window batches to it
 
     def _hook_bottleneck(self, module: nn.Module) -> None:
         module.register_forward_hook(self._keep_bottleneck)
 
     def _keep_bottleneck(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
         self._bottleneck = output
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave out the last forward's bottleneck: transient, and after a training
+        step a non-leaf tensor that deepcopy refuses."""
+        return {**self.__dict__, "_bottleneck": None}
 
     @property
     def total_stride(self) -> int:

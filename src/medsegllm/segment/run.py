@@ -22,16 +22,17 @@ from torch import nn
 from medsegllm.common.deid import pseudonym
 from medsegllm.common.io import remove_partials, save_nifti, spacing_of, write_json, write_parquet
 from medsegllm.config import Params
-from medsegllm.ingest.frames import frame_geometry, is_multiframe
+from medsegllm.ingest.frames import is_multiframe
 from medsegllm.ingest.geometry import SeriesError, Volume, build_volume
 from medsegllm.ingest.harmonize import harmonize_volume
 from medsegllm.ingest.quarantine import one_row_per_file, quarantine_table
 from medsegllm.ingest.identity import header_device_id
 from medsegllm.ingest.scan import ImageHeader, scan
 from medsegllm.ingest.stacks import group_series
-from medsegllm.ingest.series import decode_series, slice_index
+from medsegllm.ingest.series import decode_series, name_volume, slice_index
 from medsegllm.ingest.standardize import apply_map, series_map
 from medsegllm.knowledge import SEG_CLASSES
+from medsegllm.model.compiled import compile_for_inference
 from medsegllm.model.inference import predict_volume
 from medsegllm.model.postprocess import label_map
 from medsegllm.segment.dicomseg import present_classes, write_seg
@@ -67,11 +68,11 @@ def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str,
     datasets, slices, bad = decode_series(files, frame_stack=first.frame_stack)
     if bad:
         named = {path for path, _ in bad}
-        return {}, bad + [(p, "series contains an unreadable file") for p in files if p not in named]
+        return {}, name_volume(first.frame_stack, bad + [(p, "series contains an unreadable file") for p in files if p not in named])
     try:
         volume = build_volume(datasets, slices)
     except SeriesError as exc:
-        return {}, [(p, str(exc)) for p in files]
+        return {}, name_volume(first.frame_stack, [(p, str(exc)) for p in files])
     harmonized, affine = harmonize_volume(volume.array, volume.affine, first.modality, params.ingest)
     if first.modality == "MR":  # the training data's MR standardization (the model's metadata)
         harmonized = apply_map(harmonized, series_map(mr_standardization, device, harmonized))
@@ -95,7 +96,7 @@ def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str,
         "status": NO_FOREGROUND,
     }
     if present_classes(label):
-        source, seg_label, positions = _seg_source(files, datasets, volume, label)
+        source, seg_label, positions = _seg_source(files, datasets, volume, label, first.frame_stack)
         seg = write_seg(out_dir / f"{series_id}.seg.dcm", seg_label, source, plane_positions=positions)
         row.update(seg=f"{series_id}.seg.dcm", status="ok", **seg)
     seconds = time.perf_counter() - start
@@ -104,13 +105,14 @@ def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str,
     return row, []
 
 
-def _seg_source(files: list[Path], datasets: list[pydicom.Dataset], volume: Volume, label: np.ndarray
-                ) -> tuple[list[pydicom.Dataset], np.ndarray, list[list[float]] | None]:
+def _seg_source(files: list[Path], datasets: list[pydicom.Dataset], volume: Volume, label: np.ndarray,
+                frame_stack: str | None) -> tuple[list[pydicom.Dataset], np.ndarray, list[list[float]] | None]:
     """What the SEG references, its label planes in that order, and their positions where the source's
     own cannot be used: the sorted slices of a classic series, or the frames of an enhanced
     multi-frame file (frame i of the SEG derives from frame i of the source, so the planes go back
-    from position order to the file's frame order). For one volume of an object that holds several
-    (echoes at the same positions), the planes stay in position order at that volume's positions and
+    from position order to the file's frame order, which decode kept as each view's `frame_index`).
+    For one volume of an object that holds several (`frame_stack`
+    echoes at the same positions), the planes stay in position order at that volume's positions and
     each references every source frame there, the other volumes' too (highdicom matches them)."""
     ordered = [datasets[i] for i in volume.order]
     if len(files) > 1:
@@ -118,17 +120,17 @@ def _seg_source(files: list[Path], datasets: list[pydicom.Dataset], volume: Volu
     source = pydicom.dcmread(files[0], stop_before_pixels=True, force=True)  # just decoded: its lengths are sane
     if not is_multiframe(source):
         return ordered, label, None
-    views, volumes = frame_geometry(source)
-    if len(set(volumes)) > 1:
+    if frame_stack is not None:
         return [source], label, [[float(v) for v in view.ImagePositionPatient] for view in ordered]
     index = slice_index(datasets, volume)
-    z_of_frame = [index.z_at([float(v) for v in view.ImagePositionPatient]) for view in views]
-    if None in z_of_frame:  # the volume was built from these very frames
+    z_of_frame = {view.frame_index: index.z_at([float(v) for v in view.ImagePositionPatient]) for view in datasets}
+    if len(z_of_frame) != int(source.NumberOfFrames) or None in z_of_frame.values():  # the volume was built from these very frames
         raise AssertionError("a source frame lies on no slice of its own volume")
-    return [source], label[:, :, z_of_frame], None
+    return [source], label[:, :, [z_of_frame[i] for i in range(len(z_of_frame))]], None
 
 
-def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt: str, base_dir: Path | None = None) -> dict:
+def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt: str, base_dir: Path | None = None,
+                compile: bool = False) -> dict:
     """Segment every CT/MR series under `input_dir`; write `<series_id>.nii.gz`, `<series_id>.seg.dcm`,
     `quarantine.parquet` and `segment_summary.json` in `out_dir`, and return the summary.
 
@@ -136,6 +138,8 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
     foreground gets its NIfTI but no SEG (a SEG needs a segment) and status "no foreground". A
     series that fails is quarantined, logged and counted, never raised, so one bad series does
     not stop the batch. SEG, RTSTRUCT and SR files in the input are skipped (counted, not segmented).
+    `compile` builds the network with torch.compile first (`compile_for_inference`): for folders with
+    many series, where the one-off compile pays for itself (BENCHMARKS.md, inference).
     """
     start = time.perf_counter()
     input_dir, out_dir = Path(input_dir), Path(out_dir)
@@ -147,6 +151,10 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
     if torch.cuda.is_available():
         network = network.to("cuda")
     load_seconds = time.perf_counter() - start
+    not_compiled = compile_for_inference(network) if compile else "not asked"
+    if compile and not_compiled:
+        log.warning("segment --compile: %s; running eagerly", not_compiled)
+    compile_seconds = time.perf_counter() - start - load_seconds
     scanned = scan(input_dir)
     series = group_series(scanned.images)
     rows, quarantine, n_failed = [], list(scanned.quarantine), 0
@@ -162,7 +170,8 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
             log.error("segment: series %s failed (%s)", series_id, type(exc).__name__)
             log.debug("segment: series %s traceback", series_id, exc_info=True)
             n_failed += 1
-            row, rejected = {}, [(h.path, f"segmentation failed ({type(exc).__name__})") for h in headers]
+            row, rejected = {}, name_volume(headers[0].frame_stack,
+                                            [(h.path, f"segmentation failed ({type(exc).__name__})") for h in headers])
         quarantine += rejected
         if row:
             rows.append(row)
@@ -182,8 +191,11 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
         "n_quarantined_files": quarantine_rows.num_rows,
         "n_slices": n_slices,
         "model_load_seconds": round(load_seconds, 3),
+        "compiled": not_compiled is None,
+        "not_compiled_because": not_compiled,
+        "compile_seconds": round(compile_seconds, 3),
         "seconds": round(total, 3),
-        "slices_per_s": round(n_slices / max(total - load_seconds, 1e-9), 2),
+        "slices_per_s": round(n_slices / max(total - load_seconds - compile_seconds, 1e-9), 2),
         "latency_s_per_series": round(float(np.mean([r["seconds"] for r in rows])), 3) if rows else None,
         "predict_slices_per_s": round(n_slices / max(sum(r["predict_seconds"] for r in rows), 1e-9), 2) if rows else None,
         "series": sorted(rows, key=lambda r: r["series_id"]),

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from medsegllm.model.compiled import compile_blocker
 from medsegllm.model.dan import DomainAwareNorm
 
 log = logging.getLogger(__name__)
@@ -128,22 +129,6 @@ class _Step(nn.Module):
 def routes_parameters(model: nn.Module) -> bool:
     """Whether a step can leave parameters unused: DAN's per-device affines see only their device's samples."""
     return any(isinstance(m, DomainAwareNorm) and m.weight is None for m in model.modules())
-
-
-def compile_blocker(device: torch.device) -> str | None:
-    """Why inductor cannot compile on this machine, or None."""
-    try:
-        from torch._inductor.cpp_builder import get_cpp_compiler
-
-        get_cpp_compiler()
-    except Exception as exc:  # inductor raises InvalidCxxCompiler (or an OS error) without a usable g++
-        return f"no C++ compiler for inductor ({type(exc).__name__}: {exc})"
-    if device.type == "cuda":
-        from torch.utils._triton import has_triton
-
-        if not has_triton():
-            return "triton is not installed"
-    return None
 
 
 def training_step(
