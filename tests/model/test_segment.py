@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -196,6 +197,21 @@ def test_cli_prints_latency_and_uses_monai_sliding_window(checkpoint: Path, tmp_
     assert calls and set(calls) == {(64, 64)}  # the 512x512 slices are windowed at the model's ROI
 
 
+def test_cli_compile_falls_back_to_eager_with_the_reason(checkpoint: Path, tmp_path: Path, monkeypatch, caplog):
+    from medsegllm.model import compiled
+
+    monkeypatch.setattr(compiled, "compile_blocker", lambda device: "no C++ compiler for inductor (test)")
+    monkeypatch.setenv("MEDSEGLLM_SALT", SALT)
+    with caplog.at_level(logging.WARNING, logger="medsegllm.segment.run"):
+        result = CliRunner().invoke(app, ["segment", "--model", str(checkpoint), "--input", str(REAL_CT), "--compile",
+                                          "--out", str(tmp_path / "out"), "--params", str(tmp_path / "none.yaml")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["compiled"] is False and summary["not_compiled_because"] == "no C++ compiler for inductor (test)"
+    assert summary["n_series"] == 1 and "compile" not in result.stderr.split("model load")[1]
+    assert "segment --compile: no C++ compiler for inductor (test); running eagerly" in caplog.text
+
+
 def test_model_with_other_classes_is_refused(tmp_path: Path):
     from medsegllm.model.checkpoint import model_meta, save_checkpoint
 
@@ -316,11 +332,9 @@ def test_enhanced_multiframe_source_gets_a_seg_on_its_frames(checkpoint: Path, c
     assert sorted(seen) == list(labelled)
 
 
-def test_enhanced_object_with_two_echoes_gets_one_series_and_seg_per_echo(checkpoint: Path, cohort: Path, tmp_path: Path,
-                                                                          monkeypatch):
-    """An Enhanced MR holding two echoes is read as two series, as ingest splits it; each SEG covers
-    every frame at the labelled position, both echoes' (a SEG on a multi-frame image has one plane per
-    source frame, and the echoes show the same anatomy)."""
+def _two_echo_object(cohort: Path) -> tuple[pydicom.Dataset, list[pydicom.Dataset]]:
+    """A demo MR series as one Enhanced MR object holding two echoes (5 and 10 ms) at the same positions,
+    and the per-frame items of one echo."""
     from highdicom.legacy import LegacyConvertedEnhancedMRImage
 
     classic = sorted(next(files for files in _source_series(cohort).values() if files[0].Modality == "MR"),
@@ -336,16 +350,42 @@ def test_enhanced_object_with_two_echoes_gets_one_series_and_seg_per_echo(checkp
     enhanced.PerFrameFunctionalGroupsSequence = pydicom.Sequence(doubled)
     enhanced.NumberOfFrames = len(doubled)
     enhanced.PixelData = enhanced.PixelData * 2
+    return enhanced, frames
+
+
+def _liver_on_one_slice(model, volume, device_id):
+    probs = np.zeros((len(SEG_CLASSES), *volume.shape), dtype=np.float32)
+    probs[0] = 1.0
+    probs[SEG_CLASSES.index("liver"), 10:30, 15:40, volume.shape[2] // 3] = 2.0
+    return probs
+
+
+def test_failing_echo_is_quarantined_by_name_and_the_other_segmented(cohort: Path, checkpoint: Path, tmp_path: Path,
+                                                                     monkeypatch):
+    enhanced, frames = _two_echo_object(cohort)
+    tilted = enhanced.PerFrameFunctionalGroupsSequence[len(frames) + 2]  # a frame of echo 2
+    tilted.PlaneOrientationSequence = copy.deepcopy(enhanced.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence)
+    tilted.PlaneOrientationSequence[0].ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
     (tmp_path / "in").mkdir()
     enhanced.save_as(tmp_path / "in" / "echoes.dcm")
+    monkeypatch.setattr(segment_run, "predict_volume", _liver_on_one_slice)
+    summary = run_segment(str(checkpoint), tmp_path / "in", tmp_path / "out", Params(), SALT)
+    uid = str(enhanced.SeriesInstanceUID)
+    assert [row["series_id"] for row in summary["series"]] == [pseudonym(f"{uid}#echo=1", SALT)]
+    assert summary["series"][0]["status"] == "ok" and summary["n_quarantined_files"] == 1
+    [row] = pq.read_table(tmp_path / "out" / "quarantine.parquet").to_pylist()
+    assert row["reason"] == "volume echo=2: inconsistent ImageOrientationPatient within series"
 
-    def liver_on_one_slice(model, volume, device_id):
-        probs = np.zeros((len(SEG_CLASSES), *volume.shape), dtype=np.float32)
-        probs[0] = 1.0
-        probs[SEG_CLASSES.index("liver"), 10:30, 15:40, volume.shape[2] // 3] = 2.0
-        return probs
 
-    monkeypatch.setattr(segment_run, "predict_volume", liver_on_one_slice)
+def test_enhanced_object_with_two_echoes_gets_one_series_and_seg_per_echo(checkpoint: Path, cohort: Path, tmp_path: Path,
+                                                                          monkeypatch):
+    """An Enhanced MR holding two echoes is read as two series, as ingest splits it; each SEG covers
+    every frame at the labelled position, both echoes' (a SEG on a multi-frame image has one plane per
+    source frame, and the echoes show the same anatomy)."""
+    enhanced, frames = _two_echo_object(cohort)
+    (tmp_path / "in").mkdir()
+    enhanced.save_as(tmp_path / "in" / "echoes.dcm")
+    monkeypatch.setattr(segment_run, "predict_volume", _liver_on_one_slice)
     summary = run_segment(str(checkpoint), tmp_path / "in", tmp_path / "out", Params(), SALT)
     assert summary["n_series"] == 2 and summary["n_failed_series"] == 0 and summary["n_quarantined_files"] == 0
     uid = str(enhanced.SeriesInstanceUID)

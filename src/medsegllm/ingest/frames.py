@@ -19,7 +19,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from medsegllm.ingest.geometry import SeriesError, rescaled
+from medsegllm.ingest.geometry import SeriesError, repeats_position, rescaled
 from medsegllm.ingest.values import header_get
 
 # functional group -> attributes copied from its single item onto each frame view
@@ -118,11 +118,11 @@ def _volume_labels(per_frame: Sequence, shared: Dataset, views: list[Dataset]) -
     No split ("" for every frame) when positions do not repeat, or when the varying attributes leave
     some position repeated within one label: the geometry checks then report the duplicates.
     """
+    positions = [view.get("ImagePositionPatient") or () for view in views]
     try:
-        positions = [tuple(round(float(v), 2) for v in view.get("ImagePositionPatient") or ()) for view in views]
+        if not repeats_position([""] * len(views), positions):
+            return [""] * len(views)
     except (TypeError, ValueError):  # malformed positions: geometry reports them
-        return [""] * len(views)
-    if len(set(positions)) == len(positions):
         return [""] * len(views)
     columns = []
     for label, group, attribute in PER_FRAME_SPLITS:
@@ -133,9 +133,7 @@ def _volume_labels(per_frame: Sequence, shared: Dataset, views: list[Dataset]) -
         if len(set(values)) > 1:
             columns.append((label, _echo_numbers(values) if label == "echo" else values))
     labels = [",".join(f"{label}={values[i]}" for label, values in columns) for i in range(len(views))]
-    if len(set(zip(labels, positions))) < len(positions):
-        return [""] * len(views)
-    return labels
+    return [""] * len(views) if repeats_position(labels, positions) else labels
 
 
 def _echo_numbers(times: list[str]) -> list[str]:

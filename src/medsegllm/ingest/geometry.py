@@ -36,6 +36,13 @@ class Volume:
     order: list[int]  # input index of each slice, in z order
 
 
+def repeats_position(labels: Sequence[str], positions: Sequence[Sequence[float]]) -> bool:
+    """Whether two slices with one label sit at one position (rounded to 0.01 mm): the test for whether
+    a series' (or a multi-frame object's) labels split it into volumes that each have distinct positions."""
+    keys = [(label, tuple(round(float(v), 2) for v in position)) for label, position in zip(labels, positions, strict=True)]
+    return len(set(keys)) < len(keys)
+
+
 def _floats(ds: pydicom.Dataset, keyword: str, n: int) -> np.ndarray:
     value = header_floats(ds, keyword)
     if value is None or len(value) != n:

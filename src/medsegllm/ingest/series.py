@@ -181,12 +181,15 @@ def slice_index(datasets: list[pydicom.Dataset], volume: Volume) -> SliceIndex:
     return SliceIndex(sop_to_z, along, normal, volume.array.shape, volume.affine)
 
 
+def name_volume(frame_stack: str | None, rows: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """Quarantine rows of one volume of an enhanced object that holds several say which volume failed
+    (its other volumes may be fine, and the file has one row that joins the reasons)."""
+    return rows if frame_stack is None else [(path, f"volume {frame_stack}: {why}") for path, why in rows]
+
+
 def _reject(job: SeriesJob, reason: str, specific: list[tuple[Path, str]] = ()) -> SeriesOutcome:
-    if job.frame_stack is not None:  # one volume of an enhanced object that holds several: say which
-        reason = f"volume {job.frame_stack}: {reason}"
-        specific = [(path, f"volume {job.frame_stack}: {why}") for path, why in specific]
     named = {path for path, _ in specific}
-    rows = list(specific) + [(p, reason) for p in job.files if p not in named]
+    rows = name_volume(job.frame_stack, list(specific) + [(p, reason) for p in job.files if p not in named])
     rows += [(p, "label object (SEG/RTSTRUCT) references a quarantined series") for p in job.seg_files]
     return SeriesOutcome(quarantine=rows)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pydicom
 
-from medsegllm.ingest.geometry import SAME_ORIENTATION
+from medsegllm.ingest.geometry import SAME_ORIENTATION, repeats_position
 from medsegllm.ingest.values import header_get
 
 if TYPE_CHECKING:
@@ -99,9 +99,9 @@ def _stack_labels(headers: list[ImageHeader]) -> list[str]:
 
 
 def _repeats(headers: list[ImageHeader], labels: list[str]) -> bool:
-    """Whether any stack holds two slices at one position (positions rounded to 0.01 mm)."""
-    seen = {(label, tuple(round(v, 2) for v in h.position)) for h, label in zip(headers, labels) if h.position is not None}
-    return len(seen) < sum(h.position is not None for h in headers)
+    """Whether any stack holds two slices at one position; slices without one are left to geometry."""
+    placed = [(label, h.position) for h, label in zip(headers, labels) if h.position is not None]
+    return repeats_position([label for label, _ in placed], [position for _, position in placed])
 
 
 def _planes(orientations: list[tuple[float, ...] | None]) -> list[str]:
