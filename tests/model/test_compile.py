@@ -81,8 +81,11 @@ def test_padded_window_batches_predict_like_unpadded() -> None:
 
 
 @pytest.mark.e2e  # inductor compiles C++ kernels: about 15 s cold on 2 cores for this tiny network
-def test_compiled_inference_matches_eager_with_one_graph() -> None:
-    model = _network(norm="instance", dan={"enabled": False})  # params.yaml's network (DAN's routing splits the graph)
+@pytest.mark.parametrize("network", [{"norm": "instance", "dan": {"enabled": False}},  # params.yaml's
+                                     {"norm": "batch", "dan": {"enabled": True, "unseen_stats": "shared"}}],  # the paper's DAN
+                         ids=["instance", "dan"])
+def test_compiled_inference_matches_eager_with_one_graph(network: dict) -> None:
+    model = _network(**network)
     eager = [predict_volume(model, v, "scanner_b", batch_size=8) for v in _volumes()]
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
@@ -90,7 +93,8 @@ def test_compiled_inference_matches_eager_with_one_graph() -> None:
     assert model.fixed_batch == 8
     for volume, expected in zip(_volumes(), eager, strict=True):
         np.testing.assert_allclose(predict_volume(model, volume, "scanner_b", batch_size=8), expected, atol=1e-5)
-    # both volumes, their partial batches and an unseen scanner ran through the one graph built by the warm-up
+    # both volumes, their partial batches and an unseen scanner (DAN's shared branch) ran through the one
+    # graph built by the warm-up
     predict_volume(model, _volumes()[0], "never_seen", batch_size=8)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     torch._dynamo.reset()

@@ -34,8 +34,7 @@ def compile_for_inference(model: nn.Module, batch_size: int = 32) -> str | None:
     process), so the first series' latency does not carry it. The weights are frozen into the graph
     (oneDNN prepacks the convolutions): compile after the last weight change. Returns why the model
     stays eager, or None. Batch-statistics normalization (DAN's test-time path for unseen scanners)
-    would see the padding, so such a model is not compiled; DAN's per-sample routing is data-dependent,
-    so a DAN model compiles in several graphs (same results, less gain).
+    would see the padding, so such a model is not compiled.
     """
     if getattr(model, "train_params", None) is None:
         return "not a MedSegLLM network"

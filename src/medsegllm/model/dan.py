@@ -81,6 +81,8 @@ class DomainAwareNorm(nn.Module):
         route = self._router.route
         if route is None or route.shape[0] != x.shape[0]:
             raise RuntimeError("DAN routing not set for this batch: call the model with device_idx")
+        if not self.training and not self._router.test_time_stats:
+            return self._running_normalize(x, route)
         groups = torch.unique(route).tolist()
         if len(groups) == 1:
             return self._branch_forward(groups[0], x)
@@ -88,6 +90,20 @@ class DomainAwareNorm(nn.Module):
         for g in groups:
             idx = torch.nonzero(route == g).squeeze(1)
             out = out.index_copy(0, idx, self._branch_forward(g, x.index_select(0, idx)))
+        return out
+
+    def _running_normalize(self, x: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
+        """Each sample with its branch's running statistics (and affine), gathered per sample: the same
+        values as `_branch_forward` per group, without control flow that depends on the routes, so a
+        compiled model stays one graph and mixed batches are not split."""
+        norms = [*self.device_norms, self.shared_norm]
+        index = torch.where(route < 0, len(self.device_norms), route)
+        shape = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
+        mean = torch.stack([n.running_mean for n in norms])[index].view(shape)
+        var = torch.stack([n.running_var for n in norms])[index].view(shape)
+        out = (x - mean) * torch.rsqrt(var + self.shared_norm.eps)
+        if self.shared_norm.affine:
+            out = out * torch.stack([n.weight for n in norms])[index].view(shape) + torch.stack([n.bias for n in norms])[index].view(shape)
         return out
 
 
