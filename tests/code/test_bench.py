@@ -46,7 +46,7 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path) -> None:
     assert "Not run (`--no-pipeline`)" in text
     assert "No GPU run recorded" in text
     assert render(results) == text and "| 2 | " in text
-    assert "predict_volume, medsegllm, compiled (`segment --compile`)" in text and "s of compiling before the first volume" in text
+    assert "predict_volume, medsegllm, compiled (`segment --compile`)" in text and "s of compiling before the first volume (an empty inductor cache" in text
 
     main(["--only", "ingest", "--slices", "4", "--size", "32", "--reps", "1", "--ingest-cohort", "2", "3", "32",
           "--out-md", str(out_md), "--out-json", str(out_json)])

@@ -6,11 +6,13 @@ every contender sees the same arrays; speed does not depend on what the pixels s
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
+import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -234,10 +236,11 @@ def bench_inference(models: dict[str, nn.Module], shape: tuple[int, int, int], r
     roi = tuple(baseline.roi_size)
     device_id = ours.device_ids[0]
     compiled, compile_s, not_compiled = {}, {}, {}
-    for name, model in (("medsegllm", ours), ("unet_baseline", baseline)):  # `segment --compile`: copies, compiled in place
-        compiled[name], start = copy.deepcopy(model), time.perf_counter()
-        not_compiled[name] = compile_for_inference(compiled[name])
-        compile_s[name] = time.perf_counter() - start
+    with cold_inductor_cache():
+        for name, model in (("medsegllm", ours), ("unet_baseline", baseline)):  # `segment --compile`: copies, compiled in place
+            compiled[name], start = copy.deepcopy(model), time.perf_counter()
+            not_compiled[name] = compile_for_inference(compiled[name])
+            compile_s[name] = time.perf_counter() - start
     contenders = {
         "predict_volume_medsegllm": lambda: predict_volume(ours, volume, device_id),
         "predict_volume_unet_baseline": lambda: predict_volume(baseline, volume, device_id),
@@ -273,6 +276,22 @@ def bench_inference(models: dict[str, nn.Module], shape: tuple[int, int, int], r
         result[f"{name}_compiled_break_even_slices"] = break_even_slices(
             compile_s[name], result[f"predict_volume_{name}"]["slices_per_s"], result[f"predict_volume_{name}_compiled"]["slices_per_s"])
     return result
+
+
+@contextlib.contextmanager
+def cold_inductor_cache() -> Iterator[None]:
+    """Compile into an empty inductor cache, as a first `segment --compile` on a machine does (a
+    cache left by an earlier run would make compiling look nearly free)."""
+    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="medsegllm-inductor-") as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        try:
+            yield
+        finally:
+            if previous is None:
+                del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
 
 
 def break_even_slices(compile_s: float, eager_slices_per_s: float, compiled_slices_per_s: float) -> float | None:

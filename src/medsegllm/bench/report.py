@@ -203,8 +203,8 @@ def _compiled_note(i: dict, name: str) -> str:
     if i["not_compiled"][name]:
         return f"\n{name} was not compiled ({i['not_compiled'][name]}): its compiled row ran eagerly."
     even = i[f"{name}_compiled_break_even_slices"]
-    return (f"\n{name} compiled: {_f(i['compile_s'][name], 1)} s of compiling before the first volume (inductor's on-disk "
-            f"cache as found), paired {_x(i[f'paired_{name}_compiled_vs_monai'])} vs MONAI once compiled, largest "
+    return (f"\n{name} compiled: {_f(i['compile_s'][name], 1)} s of compiling before the first volume (an empty inductor "
+            f"cache, as on first use), paired {_x(i[f'paired_{name}_compiled_vs_monai'])} vs MONAI once compiled, largest "
             f"probability difference to eager {i['compiled_max_abs_diff'][name]:.1e}; "
             + (f"it pays for itself after about {even:,.0f} slices." if even else "it never pays for itself here."))
 
