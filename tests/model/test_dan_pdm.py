@@ -54,6 +54,7 @@ def test_known_device_uses_its_own_statistics_in_mixed_batches() -> None:
     assert torch.allclose(out[[0, 2]], norm.device_norms[1](x[[0, 2]]), atol=1e-6)
     assert torch.allclose(out[1:2], norm.device_norms[0](x[1:2]), atol=1e-6)
     assert torch.allclose(out[3:], norm.shared_norm(x[3:]), atol=1e-6)
+    assert torch.allclose(norm._running_normalize(x, router.route), out, atol=1e-6)  # what a compiled model runs
 
 
 def test_training_routes_a_share_of_samples_to_the_shared_path() -> None:
