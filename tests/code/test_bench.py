@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from medsegllm.bench import model as bench_model
 from medsegllm.bench.report import SECTIONS, render
 from medsegllm.bench.run import main
 from tests.conftest import ROOT
 
 
-def test_bench_tiny_run_writes_every_section(tmp_path: Path) -> None:
+def test_bench_tiny_run_writes_every_section(tmp_path: Path, monkeypatch) -> None:
     out_md, out_json = tmp_path / "BENCHMARKS.md", tmp_path / "bench" / "results.json"
     main(["--slices", "6", "--size", "48", "--reps", "1", "--ingest-cohort", "3", "4", "32", "--train-steps", "1", "--batch-size", "4",
           "--train-series", "2", "--train-shape", "40", "40", "4", "--infer-shape", "40", "40", "3",
@@ -56,6 +57,7 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path) -> None:
     assert [e["section"] for e in again["remeasured"]] == ["ingest"]
     assert "re-measured" in out_md.read_text() and render(again) == out_md.read_text()
 
+    monkeypatch.setattr(bench_model, "compile_for_inference", lambda model: "no C++ compiler for inductor (test)")
     main(["--only", "models", "--reps", "1", "--train-steps", "1", "--batch-size", "4", "--train-series", "2",
           "--train-shape", "40", "40", "4", "--infer-shape", "40", "40", "2", "--infer-reps", "1", "--channels", "8", "16",
           "--out-md", str(out_md), "--out-json", str(out_json)])
@@ -63,6 +65,8 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path) -> None:
     assert third["devices"][0]["inference"]["volume_shape"] == [40, 40, 2] and third["ingest"] == again["ingest"]
     assert [e["section"] for e in third["remeasured"]] == ["ingest", "models"]
     assert "Section `models` re-measured" in out_md.read_text() and render(third) == out_md.read_text()
+    assert "unet_baseline was not compiled (no C++ compiler for inductor (test)): its compiled row ran eagerly." in out_md.read_text()
+    assert not [g for g in third["devices"][0]["inference"]["goals"] if "compiled" in g["goal"]][0]["met"]
 
 
 def test_render_reports_demo_run_when_present(tmp_path: Path) -> None:
