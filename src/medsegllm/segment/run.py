@@ -68,11 +68,11 @@ def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str,
     datasets, slices, bad = decode_series(files, frame_stack=first.frame_stack)
     if bad:
         named = {path for path, _ in bad}
-        return {}, name_volume(first.frame_stack, bad + [(p, "series contains an unreadable file") for p in files if p not in named])
+        return {}, bad + [(p, "series contains an unreadable file") for p in files if p not in named]
     try:
         volume = build_volume(datasets, slices)
     except SeriesError as exc:
-        return {}, name_volume(first.frame_stack, [(p, str(exc)) for p in files])
+        return {}, [(p, str(exc)) for p in files]
     harmonized, affine = harmonize_volume(volume.array, volume.affine, first.modality, params.ingest)
     if first.modality == "MR":  # the training data's MR standardization (the model's metadata)
         harmonized = apply_map(harmonized, series_map(mr_standardization, device, harmonized))
@@ -111,8 +111,8 @@ def _seg_source(files: list[Path], datasets: list[pydicom.Dataset], volume: Volu
     own cannot be used: the sorted slices of a classic series, or the frames of an enhanced
     multi-frame file (frame i of the SEG derives from frame i of the source, so the planes go back
     from position order to the file's frame order, which decode kept as each view's `frame_index`).
-    For one volume of an object that holds several (`frame_stack`
-    echoes at the same positions), the planes stay in position order at that volume's positions and
+    For one volume (`frame_stack`) of an object that holds several (echoes at the same positions),
+    the planes stay in position order at that volume's positions and
     each references every source frame there, the other volumes' too (highdicom matches them)."""
     ordered = [datasets[i] for i in volume.order]
     if len(files) > 1:
@@ -170,9 +170,8 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
             log.error("segment: series %s failed (%s)", series_id, type(exc).__name__)
             log.debug("segment: series %s traceback", series_id, exc_info=True)
             n_failed += 1
-            row, rejected = {}, name_volume(headers[0].frame_stack,
-                                            [(h.path, f"segmentation failed ({type(exc).__name__})") for h in headers])
-        quarantine += rejected
+            row, rejected = {}, [(h.path, f"segmentation failed ({type(exc).__name__})") for h in headers]
+        quarantine += name_volume(headers[0].frame_stack, rejected)  # one volume of several: say which
         if row:
             rows.append(row)
     quarantine_rows = quarantine_table(one_row_per_file(quarantine), input_dir, salt, params.ingest.pseudonymize_paths)
