@@ -158,6 +158,19 @@ class PDMParams(_Section):
     ramp_epochs: int = Field(4, ge=1, description="epochs for the probability to grow from 0 to p_max")
 
 
+class ScannerAugParams(_Section):
+    """Scanner-physics augmentation (train/scanner_aug.py): each effect with chance `prob`, strength up to its max."""
+
+    enabled: bool = False
+    prob: float = Field(0.5, ge=0, le=1, description="chance per sample of each effect")
+    noise_max: float = Field(0.12, ge=0, description="noise standard deviation, in the [0, 1] intensity scale")
+    noise_corr_max_vox: float = Field(1.0, ge=0, description="in-plane correlation length of the noise, voxels")
+    blur_max_vox: float = Field(1.0, ge=0, description="in-plane Gaussian blur sigma (point-spread function), voxels")
+    bias_max: float = Field(0.1, ge=0, description="coefficient range of MONAI's RandBiasField (degree 3); 0.1 shades a "
+                            "crop by a factor of about 1.9 (median max/min)")
+    min_zoom: float = Field(0.5, gt=0, le=1, description="coarsest matrix simulated (MONAI RandSimulateLowResolution)")
+
+
 class PseudoLossParams(_Section):
     enabled: bool = True
     weight: float = Field(0.5, ge=0)
@@ -205,6 +218,7 @@ class TrainParams(_Section):
     intensity_aug: float = Field(
         0.0, ge=0, le=1, description="chance per slice of a random gamma/contrast/brightness/noise change"
     )
+    scanner_aug: ScannerAugParams = ScannerAugParams()
     labelled_share: float | None = Field(
         None, ge=0, le=1, description="share of each batch's non-lesion slices drawn from voxel-labelled series when "
         "pseudo-labelled ones are present (they outnumber them ~9 to 1); null draws every slice alike"

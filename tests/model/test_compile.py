@@ -85,17 +85,19 @@ def test_padded_window_batches_predict_like_unpadded() -> None:
                                      {"norm": "batch", "dan": {"enabled": True, "unseen_stats": "shared"}}],  # the paper's DAN
                          ids=["instance", "dan"])
 def test_compiled_inference_matches_eager_with_one_graph(network: dict) -> None:
+    """In fp32, so that the check is as tight on a CPU with native bf16 (where "auto" is bf16) as on one without."""
     model = _network(**network)
-    eager = [predict_volume(model, v, "scanner_b", batch_size=8) for v in _volumes()]
+    eager = [predict_volume(model, v, "scanner_b", batch_size=8, precision="fp32") for v in _volumes()]
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    assert compile_for_inference(model, batch_size=8) is None
+    assert compile_for_inference(model, batch_size=8, precision="fp32") is None
     assert model.fixed_batch == 8
     for volume, expected in zip(_volumes(), eager, strict=True):
-        np.testing.assert_allclose(predict_volume(model, volume, "scanner_b", batch_size=8), expected, atol=1e-5)
+        np.testing.assert_allclose(predict_volume(model, volume, "scanner_b", batch_size=8, precision="fp32"), expected,
+                                   atol=1e-5)
     # both volumes, their partial batches and an unseen scanner (DAN's shared branch) ran through the one
     # graph built by the warm-up
-    predict_volume(model, _volumes()[0], "never_seen", batch_size=8)
+    predict_volume(model, _volumes()[0], "never_seen", batch_size=8, precision="fp32")
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     torch._dynamo.reset()
 

@@ -74,19 +74,28 @@ def _pseudo_teacher(path: Path) -> dict | None:
 
 # The paper's table, retrained on the demo's own data: each row is params.yaml with these train
 # overrides. Core rows run with every seed; extra rows (design choices and ablations)
-# run with the first `extra_seeds` seeds only, to fit the time budget.
+# run with the first `extra_seeds` seeds only, to fit the time budget. Scanner-physics augmentation
+# belongs to the method's domain modules (with DAN and PDM): the plain baselines and the first rows
+# of the ladder train without it, and one core row gives it to the plain U-Net, so that a gain of
+# the full method can be told apart from the augmentation's own.
+NO_SCANNER_AUG = {"scanner_aug": {"enabled": False}}
 ROWS: tuple[dict, ...] = (
     {"key": "unet", "name": "plain MONAI U-Net, voxel labels only", "core": True,
-     "overrides": {"variant": "unet_baseline"}},
-    {"key": "pseudo", "name": "+ pseudo-labels (alignment, KL, DAN, PDM off)", "core": True,
+     "overrides": {"variant": "unet_baseline", **NO_SCANNER_AUG}},
+    {"key": "pseudo", "name": "+ pseudo-labels (alignment, KL, DAN, PDM, scanner augmentation off)", "core": True,
      "overrides": {"alignment": {"enabled": False}, "kl": {"enabled": False},
-                   "dan": {"enabled": False}, "pdm": {"enabled": False}}},
-    {"key": "align", "name": "+ alignment and KL (DAN, PDM off)", "core": True,
-     "overrides": {"dan": {"enabled": False}, "pdm": {"enabled": False}}},
-    {"key": "full", "name": "full method (params.yaml: + PDM; DAN off, instance norm)", "core": True, "overrides": {}},
+                   "dan": {"enabled": False}, "pdm": {"enabled": False}, **NO_SCANNER_AUG}},
+    {"key": "align", "name": "+ alignment and KL (DAN, PDM, scanner augmentation off)", "core": True,
+     "overrides": {"dan": {"enabled": False}, "pdm": {"enabled": False}, **NO_SCANNER_AUG}},
+    {"key": "full", "name": "full method (params.yaml: + PDM, scanner augmentation; DAN off, instance norm)",
+     "core": True, "overrides": {}},
+    {"key": "unet_aug", "name": "plain MONAI U-Net + the method's scanner augmentation, voxel labels only",
+     "core": True, "overrides": {"variant": "unet_baseline"}},
     # the paper's transformer baseline (TransUNet), as MONAI's SwinUNETR at the demo's width
     {"key": "swinunetr", "name": "plain MONAI SwinUNETR, voxel labels only", "core": True,
-     "overrides": {"variant": "unet_baseline", "backbone": "swinunetr", "channels": [24, 48]}},
+     "overrides": {"variant": "unet_baseline", "backbone": "swinunetr", "channels": [24, 48], **NO_SCANNER_AUG}},
+    {"key": "no_scanner_aug", "name": "full method without scanner augmentation", "core": False,
+     "overrides": NO_SCANNER_AUG},
     {"key": "bn_dan", "name": "full method, batch norm + DAN (the paper's DAN)", "core": False,
      "overrides": {"norm": "batch", "dan": {"enabled": True}}},
     {"key": "no_refresh", "name": "full method without pseudo-label refresh", "core": False,
@@ -97,7 +106,7 @@ ROWS: tuple[dict, ...] = (
                                   "kl": {"enabled": False}, "pdm": {"enabled": False}}},
     # what the knowledge-base lesion post-processing (model/postprocess.py) changes in the scores
     {"key": "unet_raw", "name": "plain MONAI U-Net, raw argmax (no lesion post-processing)", "core": False,
-     "overrides": {"variant": "unet_baseline", "postprocess": {"enabled": False}}},
+     "overrides": {"variant": "unet_baseline", "postprocess": {"enabled": False}, **NO_SCANNER_AUG}},
     {"key": "full_raw", "name": "full method, raw argmax (no lesion post-processing)", "core": False,
      "overrides": {"postprocess": {"enabled": False}}},
     # every train slice drawn alike: the ~5 voxel-labelled series then give ~1 slice in 8 (the default until session 7)
@@ -321,8 +330,9 @@ def _verdict_on_ci(stats: dict, bar: float) -> bool | None:
 
 def table_goals(rows: dict[str, dict]) -> list[dict]:
     """Issue #7's bars, each judged on the Student-t interval of per-seed paired values."""
-    full, unet, align = rows.get("full"), rows.get("unet"), rows.get("align")
+    full, unet, align, unet_aug = rows.get("full"), rows.get("unet"), rows.get("align"), rows.get("unet_aug")
     margin = _paired(full, unet, lambda f, u: _diff(f["dice_holdout"], u["dice_holdout"]))
+    beyond_aug = _paired(full, unet_aug, lambda f, u: _diff(f["dice_holdout"], u["dice_holdout"]))
     drop = _paired(unet, unet, lambda u, _: _diff(u["dice_seen"], u["dice_holdout"]))
     js = _paired(full, align, lambda f, a: None if f["js_features"] is None or not a["js_features"]
                  else 1 - f["js_features"] / a["js_features"])
@@ -332,8 +342,12 @@ def table_goals(rows: dict[str, dict]) -> list[dict]:
          "Dice(full) - Dice(U-Net), held-out devices, paired by seed", margin, HOLDOUT_MARGIN_GOAL),
         (f"the plain U-Net drops by >= {UNET_DROP_GOAL} Dice from seen to held-out devices (the demo's device shift)",
          "Dice(U-Net) seen - held-out devices", drop, UNET_DROP_GOAL),
-        (f"cross-device JS of model features falls by >= {JS_REDUCTION_GOAL:.0%} with DAN+PDM (DESIGN.md)",
-         "1 - js_features(full) / js_features(+ alignment, no DAN/PDM), paired by seed", js, JS_REDUCTION_GOAL),
+        ("context, not a DESIGN bar: the full method beats the plain U-Net given the same scanner augmentation, "
+         "on held-out devices (the gain is not the augmentation's alone)",
+         "Dice(full) - Dice(U-Net + scanner augmentation), held-out devices, paired by seed", beyond_aug, 0.0),
+        (f"cross-device JS of model features falls by >= {JS_REDUCTION_GOAL:.0%} with the domain modules (DESIGN.md)",
+         "1 - js_features(full) / js_features(+ alignment, no DAN/PDM/scanner augmentation), paired by seed", js,
+         JS_REDUCTION_GOAL),
     ):
         goals.append({"goal": goal, "value": stats["mean"], "measure": measure, "stats": stats,
                       "met": _verdict_on_ci(stats, bar),

@@ -366,7 +366,7 @@ def _paper_table(d: dict) -> list[str]:
     lines += [
         "", "Before/after figures beside the paper's:", "",
         "| figure | ours | paper |", "|---|---|---|",
-        f"| feature JS across devices, before: + alignment, no DAN/PDM | {_ci(js['before'])} | {paper['js_features']['before']:.2f} |",
+        f"| feature JS across devices, before: + alignment, no DAN/PDM/scanner augmentation | {_ci(js['before'])} | {paper['js_features']['before']:.2f} |",
         f"| feature JS across devices, after: full method | {_ci(js['after'])} | {paper['js_features']['after']:.2f} |",
         f"| pseudo-label lesion Dice (tumour studies), before: pseudolabel stage | {_ci(pd_['round0'])} | "
         f"{paper['pseudo_dice']['before']:.2f} |",

@@ -26,14 +26,15 @@ def compile_blocker(device: torch.device) -> str | None:
     return None
 
 
-def compile_for_inference(model: nn.Module, batch_size: int = 32) -> str | None:
+def compile_for_inference(model: nn.Module, batch_size: int = 32, precision: str = "auto") -> str | None:
     """Compile the model's forward in place for many inference calls (segment over a folder, the bench).
 
     `predict_volume` then pads every window batch to `batch_size`, so inductor builds one graph instead
     of one per batch shape; it is built here, on one empty window (10-40 s on 2 CPU cores, once per
     process), so the first series' latency does not carry it. The weights are frozen into the graph
     (oneDNN prepacks the convolutions): compile after the last weight change. Returns why the model
-    stays eager, or None. Batch-statistics normalization (DAN's test-time path for unseen scanners)
+    stays eager, or None. The graph is built for `precision` (predict_volume's): calling with another
+    one builds a second graph. Batch-statistics normalization (DAN's test-time path for unseen scanners)
     would see the padding, so such a model is not compiled.
     """
     if getattr(model, "train_params", None) is None:
@@ -46,5 +47,5 @@ def compile_for_inference(model: nn.Module, batch_size: int = 32) -> str | None:
     model.compile(options={"freezing": True})
     model.fixed_batch = batch_size
     empty = np.zeros(model.roi_size if len(model.roi_size) == 3 else (*model.roi_size, 1), dtype=np.float32)
-    predict_volume(model, empty, model.device_ids[0] if model.device_ids else "", batch_size)
+    predict_volume(model, empty, model.device_ids[0] if model.device_ids else "", batch_size, precision=precision)
     return None

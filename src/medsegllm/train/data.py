@@ -19,8 +19,9 @@ import torch
 
 from medsegllm.common.io import load_nifti
 from medsegllm.common.splits import assign_split
-from medsegllm.config import Params
+from medsegllm.config import Params, ScannerAugParams
 from medsegllm.knowledge import LESION_CLASS, SEG_CLASSES, SUBTYPE_KEYS
+from medsegllm.train.scanner_aug import simulate_scanner
 
 
 @dataclass
@@ -187,6 +188,7 @@ def sample_batch(
     rng: np.random.Generator,
     intensity_aug: float = 0.0,
     labelled_share: float | None = None,
+    scanner_aug: ScannerAugParams | None = None,
 ) -> dict[str, torch.Tensor]:
     """A random batch: `lesion_share` of it from lesion slices (cropped around a lesion voxel).
 
@@ -194,7 +196,8 @@ def sample_batch(
     cuts 3D patches containing the drawn slice: image (B,1,X,Y,Z), label and weight (B,X,Y,Z).
     Flips are in-plane only (x, y) in both modes. `intensity_aug` is the chance per sample of a
     random intensity change (`augment_intensity`). `labelled_share` of the other slices come from
-    voxel-labelled series when there are both kinds (else every slice is drawn alike).
+    voxel-labelled series when there are both kinds (else every slice is drawn alike). An enabled
+    `scanner_aug` then simulates another scanner's noise, resolution and bias field (`simulate_scanner`).
     """
     n_lesion = int(round(lesion_share * batch_size)) if len(samples.lesion_slices) else 0
     picks = np.concatenate(
@@ -225,6 +228,8 @@ def sample_batch(
                 crops = [np.flip(c, axis) for c in crops]
         if intensity_aug > 0 and rng.random() < intensity_aug:
             crops[0] = augment_intensity(crops[0], rng)
+        if scanner_aug is not None and scanner_aug.enabled:
+            crops[0] = simulate_scanner(crops[0], scanner_aug, rng)
         images.append(crops[0])
         labels.append(crops[1])
         weights.append(crops[2])

@@ -198,7 +198,7 @@ def train_model(
         for _ in range(train.steps_per_epoch):
             batch = sample_batch(
                 samples, train.batch_size, tuple(train.roi_size), train.lesion_oversample, rng, train.intensity_aug,
-                train.labelled_share,
+                train.labelled_share, train.scanner_aug,
             )
             batch = {k: v.to(device) for k, v in batch.items()}
             if channels_last is not None:
