@@ -128,7 +128,7 @@ def render_reports(r: dict, goals_table: Callable[[list[dict]], list[str]]) -> l
         f"{ex['extract_reports_per_s']:.0f} reports/s (scrubbing excluded).", "",
         "| field | precision | recall | F1 | tp / fp / fn |", "|---|---|---|---|---|",
         *[f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['tp']} / {v['fp']} / {v['fn']} |"
-          for k, v in ex["fields"].items()],
+          for k, v in sorted(ex["fields"].items())],  # as the JSON copy (sorted keys) reads back
         "", f"Study label (tumour present) accuracy {ex['study_label_accuracy']:.3f}; lesions invented on "
         f"{ex['negative_reports']} negative reports: {ex['invented_on_negative']}.", "",
         "Describe (all reports, cold = empty cache incl. model load, warm = same cache):", "",
