@@ -17,8 +17,10 @@ from medsegllm.train.run import run_train
 from tests.model.synthetic import Interrupted, stop_after_epoch, tiny_params
 
 
-def test_resume_continues_exactly(stage_dirs, tmp_path) -> None:
-    params = tiny_params(channels=[4, 8], epochs=2, steps_per_epoch=2)
+@pytest.mark.parametrize("augment", [{}, {"scanner_aug": {"enabled": True, "prob": 1.0}}], ids=["plain", "scanner_aug"])
+def test_resume_continues_exactly(stage_dirs, tmp_path, augment: dict) -> None:
+    """Scanner augmentation included: its MONAI transforms draw from the checkpointed generator."""
+    params = tiny_params(channels=[4, 8], epochs=2, steps_per_epoch=2, **augment)
     samples = build_samples(stage_dirs["ingest"], stage_dirs["findings"], None, params)
     prompts = load_prompts(stage_dirs["findings"])
 

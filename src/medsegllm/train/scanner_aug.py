@@ -4,9 +4,9 @@
 level and grain, its resolution (point-spread function, reconstruction matrix) and, in MR, its coil
 bias field. On the demo the held-out CT's liver noise is 3-6x a training CT's, about the contrast of
 a lesion, and a model trained without such noise paints confident lesions on it. Each effect is drawn
-with its own chance, at a strength uniform up to its maximum in params (`train.scanner_aug`), in
-place of nothing: MONAI's transforms where MONAI has one, seeded from the training generator so that
-a resumed run draws the same effects.
+with its own chance, at a strength uniform up to its maximum in params (`train.scanner_aug`), by
+MONAI's transforms where MONAI has one, seeded from the training generator so that a resumed run
+draws the same effects.
 """
 
 from __future__ import annotations
@@ -46,5 +46,6 @@ def simulate_scanner(image: np.ndarray, cfg: ScannerAugParams, rng: np.random.Ge
         bias = RandBiasField(degree=3, coeff_range=(0.0, cfg.bias_max), prob=1.0)
         out = np.asarray(_seeded(bias, rng)(out), dtype=np.float32)
     if rng.random() < cfg.prob:
-        out = out + correlated_noise(out.shape[1:], rng.uniform(0.0, cfg.noise_max), rng.uniform(0.0, cfg.noise_corr_max_vox), rng)
+        sigma, grain = rng.uniform(0.0, cfg.noise_max), rng.uniform(0.0, cfg.noise_corr_max_vox)
+        out = out + correlated_noise(out.shape[1:], sigma, grain, rng)
     return np.clip(out[0], 0.0, 1.0)
