@@ -220,6 +220,20 @@ def test_paper_table_on_a_tiny_cohort_with_two_seeds(tmp_path: Path, monkeypatch
     assert text.count("| plain MONAI U-Net, voxel labels only | 5 |") == 1  # per-seed rows
 
 
+def test_rows_say_whether_they_train_with_scanner_augmentation() -> None:
+    """Each row's name holds whatever params.yaml says: the augmentation is set per row, not inherited."""
+    from medsegllm.bench.demo import ROWS, _variant_params
+    from medsegllm.config import Params
+
+    rows = {r["key"]: r for r in ROWS}
+    for enabled in (True, False):
+        base = Params.model_validate({"train": {"scanner_aug": {"enabled": enabled, "noise_max": 0.2}}})
+        unet_aug = _variant_params(base, rows["unet_aug"]["overrides"], 1).train
+        assert unet_aug.variant == "unet_baseline" and unet_aug.scanner_aug.enabled and unet_aug.scanner_aug.noise_max == 0.2
+        for key in ("unet", "pseudo", "align", "swinunetr", "no_scanner_aug", "unet_raw"):
+            assert not _variant_params(base, rows[key]["overrides"], 1).train.scanner_aug.enabled, key
+
+
 def test_rows_plan_runs_the_chosen_rows_on_every_seed_and_renders_means() -> None:
     from medsegllm.bench.demo import plan
     from medsegllm.bench.rows import parse_args, render
