@@ -127,3 +127,22 @@ def test_lesion_threshold_lets_the_report_add_a_lesion_the_teacher_missed() -> N
     mask, confidence, weight = pseudo_label(fused, 0.6, lesion_threshold=0.15)
     assert mask[:, 0, 0].tolist() == [3, 1, 1]
     assert np.isclose(confidence[0, 0, 0], 1.0) and np.isclose(weight[0, 0, 0], 1.0)
+
+
+def test_prior_finds_a_lesion_the_teacher_cut_out_of_its_organ() -> None:
+    """The teacher calls a dark lesion background (a hole in its liver) and calls a dark patch of a neighbour liver.
+
+    The lesion must still be found inside the hole, and the stray fragment must not draw it away.
+    """
+    rng = np.random.default_rng(5)
+    image, liver, dark_spot, _, affine = _liver_with_two_spots(rng)
+    image[dark_spot] -= 0.11  # a plain hypodense metastasis: ~3 noise sigmas darker
+    fragment = np.zeros_like(liver)
+    fragment[43:47, 6:42, 3:21] = True  # a neighbour organ the teacher half-calls liver, darker still
+    image[fragment] = 0.3 + 0.05 * rng.standard_normal(int(fragment.sum())).astype(np.float32)
+    label = np.where((liver & ~dark_spot) | fragment, 1, 0).astype(np.uint8)
+    item = {"organ": "liver", "location": None, "laterality": None, "size_mm": 16.0, "subtype": "metastasis"}
+    prior = knowledge_prior(_teacher_probs(label), [item], True, affine, image=image)
+    found = prior[3] > 0.5
+    assert lesion_dice(np.where(found, 3, 0), np.where(dark_spot, 3, 0)) > 0.6
+    assert not (found & fragment).any()

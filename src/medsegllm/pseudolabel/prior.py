@@ -19,6 +19,7 @@ _NEGATED = {"negated", "absent", "no", "none", "ruled out", "excluded"}
 _CERTAINTY = {"definite": 1.0, "certain": 1.0, "probable": 0.8, "likely": 0.8, "possible": 0.5, "suspected": 0.6}
 DEFAULT_SIZE_MM = 20.0
 CLIP_SIGMAS = 1.5  # parenchyma range kept by `conspicuity`; brighter or darker voxels are clipped to it
+RIM_VOXELS = 2  # voxels of the organ's rim left out of `conspicuity`
 ENHANCEMENT_SIGN = {"hyper": 1, "hypo": -1}  # knowledge-base enhancement -> sign of conspicuity; unknown: either
 
 
@@ -49,6 +50,43 @@ def _kidney_side(mask: np.ndarray, affine: np.ndarray, laterality: str | None) -
     centres = [_world(affine, np.argwhere(labels == k).mean(axis=0, keepdims=True))[0, 0] for k in biggest]
     pick = biggest[int(np.argmin(centres))] if laterality == "left" else biggest[int(np.argmax(centres))]
     return labels == pick
+
+
+def _largest(mask: np.ndarray, keep: int) -> np.ndarray:
+    """The `keep` largest connected components (teacher fragments elsewhere are not the organ)."""
+    labels, n = ndimage.label(mask)
+    if n <= keep:
+        return mask
+    sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
+    return np.isin(labels, np.argsort(sizes)[::-1][:keep] + 1)
+
+
+def _ball(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+    """Boolean ellipsoidal structuring element of `radius_mm` on the voxel grid."""
+    reach = np.maximum(np.floor(radius_mm / np.asarray(spacing, dtype=np.float64)), 0).astype(int)
+    grids = np.ogrid[tuple(slice(-k, k + 1) for k in reach)]
+    return sum((g * sp / max(radius_mm, 1e-3)) ** 2 for g, sp in zip(grids, spacing)) <= 1.0
+
+
+def lesion_host(mask: np.ndarray, affine: np.ndarray, organ: str, laterality: str | None, radius_mm: float) -> np.ndarray:
+    """The teacher's organ as a solid body that a reported lesion of `radius_mm` can sit in.
+
+    A teacher trained on a few labels often calls a lesion background, which leaves a hole or a
+    notch in its organ mask exactly where the lesion is, and it scatters fragments of the organ
+    over neighbours. So: the reported kidney's side (or the two largest kidney bodies), the
+    liver's largest body, closed at half the lesion's radius and with holes filled (in 3D and in
+    each axial slice, where a lesion at the organ's top or bottom leaves an open hole).
+    """
+    if organ == "kidney":
+        mask = _kidney_side(mask, affine, laterality)
+    mask = _largest(mask, 1 if organ != "kidney" or laterality in ("left", "right") else 2)
+    ball = _ball(radius_mm / 2, spacing_of(affine))
+    pad = max(ball.shape)
+    closed = ndimage.binary_closing(np.pad(mask, pad), structure=ball)[pad:-pad, pad:-pad, pad:-pad] | mask
+    solid = ndimage.binary_fill_holes(closed)
+    for z in range(solid.shape[2]):
+        solid[:, :, z] = ndimage.binary_fill_holes(solid[:, :, z])
+    return solid
 
 
 def _sublocation_region(mask: np.ndarray, affine: np.ndarray, organ: str, location: str | None) -> np.ndarray:
@@ -93,10 +131,10 @@ def conspicuity(image: np.ndarray, organ: np.ndarray, spacing: np.ndarray, radiu
     Pooling over the lesion's volume makes a lesion fainter than the voxel noise stand out.
     Voxels beyond CLIP_SIGMAS noise sigmas of the parenchyma (vessels, calcifications) are clipped
     in the local mean and left out of the surround, so that a thin, much brighter structure can
-    neither outshine a faint lesion nor mask one nearby, and the organ's rim
-    (partial volume with its neighbours) is left out. Zero outside the organ.
+    neither outshine a faint lesion nor mask one nearby, and the organ's rim (RIM_VOXELS: partial
+    volume with its neighbours, and a teacher mask a voxel too wide) is left out. Zero outside the organ.
     """
-    core = ndimage.binary_erosion(organ, iterations=1)
+    core = ndimage.binary_erosion(organ, iterations=RIM_VOXELS)
     core = core if core.sum() >= 0.25 * organ.sum() else organ
     image = np.asarray(image, dtype=np.float32)
     values = image[core]
@@ -160,22 +198,21 @@ def knowledge_prior(
         organ = item.get("organ")
         if weight <= 0 or organ not in SEG_CLASSES or organ in ("background", "lesion"):
             continue
+        radius = float(item.get("size_mm") or DEFAULT_SIZE_MM) / 2
         mask = (probs[SEG_CLASSES.index(organ)] + probs[LESION_CLASS]) > 0.5
-        if organ == "kidney":
-            mask = _kidney_side(mask, affine, item.get("laterality"))
         if not mask.any():
             continue
-        radius = float(item.get("size_mm") or DEFAULT_SIZE_MM) / 2
+        host = lesion_host(mask, affine, organ, item.get("laterality"), radius)
         centre = None
         if image is not None:
-            region_idx = np.argwhere(mask)[_sublocation_region(mask, affine, organ, item.get("location"))]
+            region_idx = np.argwhere(host)[_sublocation_region(host, affine, organ, item.get("location"))]
             polarity = ENHANCEMENT_SIGN.get(SUBTYPES.get(item.get("subtype") or "", {}).get("enhancement"), 0)
-            centre = _locate(conspicuity(image, mask, spacing, radius), mask, region_idx, taken, polarity)
+            centre = _locate(conspicuity(image, host, spacing, radius), host, region_idx, taken, polarity)
         if centre is None:
-            centre = _sublocation_centre(mask, affine, organ, item.get("location"))
+            centre = _sublocation_centre(host, affine, organ, item.get("location"))
         blob = lesion_blob(shape, centre, radius, spacing)
         grow = max(1, int(np.ceil(radius / spacing.min() / 2)))
-        blob *= ndimage.binary_dilation(mask, iterations=grow)
+        blob *= ndimage.binary_dilation(host, iterations=grow)
         taken |= blob > 0.1
         lesion = np.maximum(lesion, weight * blob)
     organs = [c for c, name in enumerate(SEG_CLASSES) if name not in ("background", "lesion")]
