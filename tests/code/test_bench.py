@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from medsegllm.bench import model as bench_model
@@ -203,6 +204,7 @@ def test_paper_table_on_a_tiny_cohort_with_two_seeds(tmp_path: Path, monkeypatch
     assert full["runs"][0]["values"]["dice"] != full["runs"][1]["values"]["dice"]
     assert table["js_features"]["after"] == full["summary"]["js_features"]
     assert table["js_features"]["before"] == rows["align"]["summary"]["js_features"]
+    _assert_oracle_trained_on_the_truth(tmp_path, params, salt, rows["oracle"]["runs"][0])
     holdout = {d["device_id"]: d["holdout"] for d in table["per_device"]}  # held out = never seen in training
     configured = {d for d in params.split.holdout_devices if d in holdout}
     assert table["holdout_devices"] and all(set(h) >= configured for h in table["holdout_devices"])
@@ -218,6 +220,25 @@ def test_paper_table_on_a_tiny_cohort_with_two_seeds(tmp_path: Path, monkeypatch
     assert "(1 seed)" in text and "| 0.68 |" in text and "| 0.83 |" in text
     assert "Held-out devices (in no model's training data): " in text or "Held-out device sets differ" in text
     assert text.count("| plain MONAI U-Net, voxel labels only | 5 |") == 1  # per-seed rows
+
+
+def _assert_oracle_trained_on_the_truth(data_dir: Path, params, salt: str, run: dict) -> None:
+    """The oracle row's pseudo-labels are the hidden truth at confidence 1, for the full method's series."""
+    import pandas as pd
+
+    from medsegllm.common.io import load_nifti
+    from medsegllm.common.truth import truth_index, truth_on_grid
+
+    oracle_dir = data_dir / "work" / f"seed_{run['seed']}" / "oracle" / "pseudolabels"
+    stage = pd.read_parquet(data_dir / "work" / f"seed_{run['seed']}" / "pseudolabels" / "pseudolabels.parquet")
+    table = pd.read_parquet(oracle_dir / "pseudolabels.parquet")
+    assert table["series_id"].tolist() == stage["series_id"].tolist()
+    assert len(table) == run["train_metrics"]["n_pseudo_series"] > 0
+    truth = truth_index(data_dir / "cohort" / "truth", salt)
+    for row in table.itertuples(index=False):
+        reference = truth_on_grid(truth[row.series_id], params.ingest)
+        assert np.array_equal(np.asarray(load_nifti(oracle_dir / row.mask_path)[0]), reference)
+        assert (np.asarray(load_nifti(oracle_dir / row.confidence_path)[0]) == 1.0).all()
 
 
 def test_rows_say_whether_they_train_with_scanner_augmentation() -> None:

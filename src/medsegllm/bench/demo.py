@@ -116,6 +116,9 @@ ROWS: tuple[dict, ...] = (
     # the report-placed lesion pseudo-labels at full weight, as the paper trains them (the default ignores them)
     {"key": "pseudo_lesions", "name": "full method, pseudo-labelled lesion voxels at full weight (pseudolabels.lesion_weight 1, the paper)",
      "core": False, "overrides": {"pseudolabels": {"lesion_weight": 1.0}}},
+    # the ceiling of pseudo-labelling: perfect pseudo-labels (the hidden truth, confidence 1) for the same series
+    {"key": "oracle", "name": "full method on perfect pseudo-labels (the hidden truth, confidence 1, lesions at full weight, no refresh)",
+     "core": False, "pseudo_truth": True, "overrides": {"pseudolabels": {"lesion_weight": 1.0, "refresh_every": 0}}},
 )
 # The paper's figures (DESIGN.md) beside ours; TransUNet is not in MONAI, SwinUNETR stands in for it.
 PAPER = {
@@ -213,6 +216,24 @@ def run_paper_table(data_dir: Path, params, salt: str, work: Path, seeds: list[i
     return table
 
 
+def truth_pseudolabels(pseudo_dir: Path, out_dir: Path, truth_dir: Path, salt: str, ingest) -> Path:
+    """`pseudo_dir`'s series with the hidden truth as every mask and confidence 1 (the oracle row's pseudo-labels)."""
+    import pandas as pd
+
+    from medsegllm.common.io import load_nifti, save_nifti
+    from medsegllm.common.truth import truth_index, truth_on_grid
+
+    truth = truth_index(Path(truth_dir), salt)
+    table = pd.read_parquet(Path(pseudo_dir) / "pseudolabels.parquet")
+    for row in table.itertuples(index=False):
+        reference = np.asarray(truth_on_grid(truth[row.series_id], ingest), dtype=np.uint8)
+        _, affine = load_nifti(Path(pseudo_dir) / row.mask_path)
+        save_nifti(Path(out_dir) / row.mask_path, reference, affine)
+        save_nifti(Path(out_dir) / row.confidence_path, np.ones(reference.shape, dtype=np.float32), affine)
+    table.to_parquet(Path(out_dir) / "pseudolabels.parquet", index=False)
+    return Path(out_dir)
+
+
 def train_rows(data_dir: Path, params, salt: str, work: Path, jobs: list[tuple[int, str]]
                ) -> tuple[dict[str, list[dict]], list[dict], dict[str, list[float]]]:
     """Run `plan`'s jobs: (runs per row key, pseudolabel stage summaries, seconds per job key)."""
@@ -239,6 +260,8 @@ def train_rows(data_dir: Path, params, salt: str, work: Path, jobs: list[tuple[i
         else:
             variant = _variant_params(params, rows[key]["overrides"], seed)
             out = work / f"seed_{seed}" / key
+            if rows[key].get("pseudo_truth"):
+                pseudo_dir = truth_pseudolabels(pseudo_dir, out / "pseudolabels", truth, salt, params.ingest)
             train = run_train(ingested, findings, pseudo_dir, out / "model", variant, truth_dir=truth, salt=salt)
             t1 = time.perf_counter()
             try:
