@@ -146,3 +146,20 @@ def test_prior_finds_a_lesion_the_teacher_cut_out_of_its_organ() -> None:
     found = prior[3] > 0.5
     assert lesion_dice(np.where(found, 3, 0), np.where(dark_spot, 3, 0)) > 0.6
     assert not (found & fragment).any()
+
+
+def test_lesion_host_fills_a_hole_open_at_the_organ_top_in_any_voxel_order() -> None:
+    """A lesion at the liver's top, called background, is a pit open upwards; each axial slice closes it."""
+    from medsegllm.pseudolabel.prior import lesion_host
+
+    organ = np.zeros((30, 30, 12), dtype=bool)
+    organ[3:27, 3:27, 2:10] = True
+    pit = np.zeros_like(organ)
+    pit[11:19, 11:19, 6:10] = True  # 32 mm wide, reaching the organ's top slice
+    affine = np.diag([4.0, 4.0, 5.0, 1.0])
+    host = lesion_host(organ & ~pit, affine, "liver", None, radius_mm=4.0)  # closing too small to close it
+    assert host[pit].all() and not host[~organ].any()
+    # the same volume stored z-first: the axial axis comes from the affine, not from the array's last axis
+    permuted = np.transpose(organ & ~pit, (2, 0, 1))
+    z_first = np.array([[0, 4.0, 0, 0], [0, 0, 4.0, 0], [5.0, 0, 0, 0], [0, 0, 0, 1]])  # voxel (z, x, y) -> world
+    assert np.array_equal(lesion_host(permuted, z_first, "liver", None, radius_mm=4.0), np.transpose(host, (2, 0, 1)))

@@ -75,7 +75,8 @@ def lesion_host(mask: np.ndarray, affine: np.ndarray, organ: str, laterality: st
     notch in its organ mask exactly where the lesion is, and it scatters fragments of the organ
     over neighbours. So: the reported kidney's side (or the two largest kidney bodies), the
     liver's largest body, closed at half the lesion's radius and with holes filled (in 3D and in
-    each axial slice, where a lesion at the organ's top or bottom leaves an open hole).
+    each axial slice, where a lesion at the organ's top or bottom leaves an open hole; the axial
+    axis is the voxel axis closest to the world's superior direction).
     """
     if organ == "kidney":
         mask = _kidney_side(mask, affine, laterality)
@@ -84,8 +85,9 @@ def lesion_host(mask: np.ndarray, affine: np.ndarray, organ: str, laterality: st
     pad = max(ball.shape)
     closed = ndimage.binary_closing(np.pad(mask, pad), structure=ball)[pad:-pad, pad:-pad, pad:-pad] | mask
     solid = ndimage.binary_fill_holes(closed)
-    for z in range(solid.shape[2]):
-        solid[:, :, z] = ndimage.binary_fill_holes(solid[:, :, z])
+    axial_axis = int(np.argmax(np.abs(np.asarray(affine)[2, :3])))
+    for axial in np.moveaxis(solid, axial_axis, 0):  # views: filling them fills `solid`
+        axial[...] = ndimage.binary_fill_holes(axial)
     return solid
 
 
