@@ -78,9 +78,10 @@ def lesion_host(mask: np.ndarray, affine: np.ndarray, organ: str, laterality: st
     each axial slice, where a lesion at the organ's top or bottom leaves an open hole; the axial
     axis is the voxel axis closest to the world's superior direction).
     """
-    if organ == "kidney":
-        mask = _kidney_side(mask, affine, laterality)
-    mask = _largest(mask, 1 if organ != "kidney" or laterality in ("left", "right") else 2)
+    if organ == "kidney" and laterality in ("left", "right"):
+        mask = _kidney_side(mask, affine, laterality)  # one body already
+    else:
+        mask = _largest(mask, 2 if organ == "kidney" else 1)
     ball = _ball(radius_mm / 2, spacing_of(affine))
     pad = max(ball.shape)
     closed = ndimage.binary_closing(np.pad(mask, pad), structure=ball)[pad:-pad, pad:-pad, pad:-pad] | mask
