@@ -21,7 +21,16 @@ class SynthParams(_Section):
     n_studies: int = Field(48, ge=4, description="studies in the demo cohort")
     label_fraction: float = Field(0.10, gt=0, le=1, description="studies with voxel labels (DICOM SEG)")
     tumour_fraction: float = Field(0.20, ge=0, le=1, description="studies with at least one lesion")
+    lesions_per_tumour_study: tuple[int, int] = Field(
+        (2, 4), description="fewest and most lesions of a tumour-positive study (one subtype), drawn uniformly")
     phi_fraction: float = Field(0.25, ge=0, le=1, description="reports carrying identifying text")
+
+    @model_validator(mode="after")
+    def _lesion_range(self) -> "SynthParams":
+        low, high = self.lesions_per_tumour_study
+        if not 1 <= low <= high:
+            raise ValueError("synth.lesions_per_tumour_study must be [fewest, most] with 1 <= fewest <= most")
+        return self
 
 
 class MRStandardizationParams(_Section):

@@ -83,6 +83,9 @@ def test_all_six_scanners_and_plan(cohort, truth):
     labelled = [t for t in truth if t["labelled"]]
     assert len(labelled) >= 2 and any(t["tumour_present"] for t in labelled)
     assert sum(t["tumour_present"] for t in truth) == round(PARAMS.tumour_fraction * PARAMS.n_studies)
+    fewest, most = PARAMS.lesions_per_tumour_study  # sample_lesions drops one that finds no room, never all
+    assert all(1 <= len(t["lesions"]) <= most for t in truth if t["tumour_present"])
+    assert any(len(t["lesions"]) >= fewest > 1 for t in truth)
     assert json.loads((root / "cohort.json").read_text()) == json.loads(json.dumps(summary))
 
 
@@ -214,3 +217,9 @@ def test_reports_describe_findings_negations_and_phi(cohort, truth, series):
         family, given = str(headers[t["accession_number"]].PatientName).split("^")
         assert (given.lower() in text and family.lower() in text) == t["report_has_phi"]
     assert 0 < sum(t["report_has_phi"] for t in truth) < len(truth)
+
+
+@pytest.mark.parametrize("bad", [(0, 2), (3, 2)])
+def test_lesion_range_is_validated(bad):
+    with pytest.raises(ValueError, match="lesions_per_tumour_study"):
+        SynthParams(lesions_per_tumour_study=bad)

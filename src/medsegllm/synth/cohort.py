@@ -175,7 +175,7 @@ def _lesion_record(lesion: Lesion) -> dict:
             "center_mm": list(lesion.center_mm)}
 
 
-def _generate_study(plan: StudyPlan, out_dir: Path, seed: int) -> tuple[dict, dict, int]:
+def _generate_study(plan: StudyPlan, out_dir: Path, seed: int, lesion_range: tuple[int, int]) -> tuple[dict, dict, int]:
     """Write one study's DICOM, truth mask and SEG; returns (report line, truth record, files written)."""
     rng = np.random.default_rng([seed, plan.index])
     scanner = plan.scanner
@@ -186,7 +186,7 @@ def _generate_study(plan: StudyPlan, out_dir: Path, seed: int) -> tuple[dict, di
     lesions: list[Lesion] = []
     if plan.positive:
         subtype = str(rng.choice(SUBTYPE_KEYS, p=_SUBTYPE_P))
-        lesions = sample_lesions(anatomy, grid, tissue, subtype, 2 if rng.random() < 0.3 else 1, rng)
+        lesions = sample_lesions(anatomy, grid, tissue, subtype, int(rng.integers(lesion_range[0], lesion_range[1] + 1)), rng)
     phantom = make_phantom(anatomy, grid, lesions, tissue)
     pixels = to_stored(render(phantom, grid, scanner, rng), scanner)
     study_dir, series_dir = _dirs(out_dir / "dicom", plan, meta, rng)
@@ -219,7 +219,7 @@ def generate_cohort(out_dir: Path, params: SynthParams, seed: int) -> dict:
     plans = plan_cohort(params, seed)
     reports, truths, n_files = [], [], 0
     for plan in plans:
-        report, truth, files = _generate_study(plan, out_dir, seed)
+        report, truth, files = _generate_study(plan, out_dir, seed, params.lesions_per_tumour_study)
         reports.append(report)
         truths.append(truth)
         n_files += files
