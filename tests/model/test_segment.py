@@ -303,14 +303,14 @@ def test_enhanced_multiframe_source_gets_a_seg_on_its_frames(checkpoint: Path, c
     for n, ds in enumerate(classic):
         ds.save_as(tmp_path / "classic" / f"{n}.dcm")
 
-    def liver_on_one_slice(model, volume, device_id):
+    def liver_on_two_slices(model, volume, device_id):  # two, so the SEG has several frames at any slice thickness
         probs = np.zeros((len(SEG_CLASSES), *volume.shape), dtype=np.float32)
         probs[0] = 1.0
         z = volume.shape[2] // 3
-        probs[SEG_CLASSES.index("liver"), 10:30, 15:40, z] = 2.0
+        probs[SEG_CLASSES.index("liver"), 10:30, 15:40, z:z + 2] = 2.0
         return probs
 
-    monkeypatch.setattr(segment_run, "predict_volume", liver_on_one_slice)
+    monkeypatch.setattr(segment_run, "predict_volume", liver_on_two_slices)
     rows = {}
     for name in ("classic", "enhanced"):
         summary = run_segment(str(checkpoint), tmp_path / name, tmp_path / f"out_{name}", Params(), SALT)
@@ -321,13 +321,14 @@ def test_enhanced_multiframe_source_gets_a_seg_on_its_frames(checkpoint: Path, c
     labelled = np.flatnonzero(label.any(axis=(0, 1)))  # source slices (position order) the liver reaches
     seg = hd.seg.segread(tmp_path / "out_enhanced" / rows["enhanced"]["seg"])
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == enhanced.SeriesInstanceUID
-    assert seg.NumberOfFrames == len(labelled) > 0
+    assert seg.NumberOfFrames == len(labelled) > 1
+    frames = seg.pixel_array.reshape(seg.NumberOfFrames, seg.Rows, seg.Columns)  # pydicom drops the axis of one frame
     seen = []
     for i, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
         source = group.DerivationImageSequence[0].SourceImageSequence[0]
         assert source.ReferencedSOPInstanceUID == enhanced.SOPInstanceUID
         z = len(classic) - int(source.ReferencedFrameNumber)  # 1-based frames run against position order
-        np.testing.assert_array_equal(seg.pixel_array[i].astype(bool), label[:, :, z].T == SEG_CLASSES.index("liver"))
+        np.testing.assert_array_equal(frames[i].astype(bool), label[:, :, z].T == SEG_CLASSES.index("liver"))
         seen.append(z)
     assert sorted(seen) == list(labelled)
 
