@@ -17,7 +17,8 @@ import numpy as np
 
 from medsegllm.bench.demo import ROWS, plan, train_rows
 
-SHOWN = ("dice", "dice_holdout", "dice_liver", "dice_kidney", "dice_lesion", "lesions_fp")
+SHOWN = ("dice", "dice_holdout", "dice_liver", "dice_kidney", "dice_lesion", "lesions_fp", "js_features", "js_travel",
+         "js_travel_retest")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

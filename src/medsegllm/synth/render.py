@@ -54,9 +54,16 @@ def _clean_image(phantom: Phantom, modality: str, rng: np.random.Generator) -> n
     return image
 
 
-def render(phantom: Phantom, grid: Grid, scanner: ScannerProfile, rng: np.random.Generator) -> np.ndarray:
-    """The scanner's reconstructed image (float32): calibrated HU for CT, gain-scaled signal for MR."""
+def render(phantom: Phantom, grid: Grid, scanner: ScannerProfile, rng: np.random.Generator,
+           session_rng: np.random.Generator | None = None) -> np.ndarray:
+    """The scanner's reconstructed image (float32): calibrated HU for CT, gain-scaled signal for MR.
+
+    `rng` draws the patient (tissue values, tumour texture); `session_rng`, when given, draws what
+    changes from one scan to the next (noise, MR bias field), so a rescan of the same patient differs
+    by those alone. Without it every draw comes from `rng` in the same order as always.
+    """
     image = _clean_image(phantom, scanner.modality, rng)
+    session = rng if session_rng is None else session_rng
     rcc = phantom.tissue == ph.RCC
     if rcc.any():
         amplitude = _CT_RCC_HETEROGENEITY if scanner.modality == "CT" else _MR_RCC_HETEROGENEITY
@@ -66,11 +73,11 @@ def render(phantom: Phantom, grid: Grid, scanner: ScannerProfile, rng: np.random
     image = ndimage.gaussian_filter(image, psf)
     corr = tuple(scanner.noise_corr_mm / s for s in grid.spacing[:2]) + (0.0,)
     if scanner.modality == "CT":
-        image += scanner.noise_sigma * _smooth_noise(grid.shape, corr, rng)
+        image += scanner.noise_sigma * _smooth_noise(grid.shape, corr, session)
         return scanner.hu_scale * image + scanner.hu_offset
-    image = np.clip(image, 0.0, None) ** scanner.mr_gamma * _bias_field(grid, scanner.mr_bias, rng)
-    real = image + scanner.noise_sigma * _smooth_noise(grid.shape, corr, rng)
-    imag = scanner.noise_sigma * _smooth_noise(grid.shape, corr, rng)
+    image = np.clip(image, 0.0, None) ** scanner.mr_gamma * _bias_field(grid, scanner.mr_bias, session)
+    real = image + scanner.noise_sigma * _smooth_noise(grid.shape, corr, session)
+    imag = scanner.noise_sigma * _smooth_noise(grid.shape, corr, session)
     return np.sqrt(real**2 + imag**2) * np.float32(scanner.mr_gain)  # Rician magnitude
 
 
