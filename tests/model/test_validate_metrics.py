@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medsegllm.validate.divergence import device_histograms, feature_js, js_divergence, mean_pairwise_js
+from medsegllm.validate.divergence import device_histograms, feature_js, js_divergence, mean_pairwise_js, split_half_js
 from medsegllm.validate.metrics import (
     aggregate,
     bootstrap_ci,
@@ -146,3 +146,17 @@ def test_feature_js_separates_shifted_devices():
     assert feature_js(same) < 0.1
     assert feature_js(shifted) > 0.2  # the shift lives on one of the 4 components averaged
     assert np.isnan(feature_js({"a": same["a"]}))
+
+
+def test_split_half_js_compares_a_device_with_itself_only():
+    rng = np.random.default_rng(0)
+    # each series is one patient: its own offset; the second device's patients sit 3 units away
+    patients = lambda shift: [rng.normal(size=(60, 8)) + rng.normal(scale=0.3) + shift for _ in range(6)]
+    series = {"a": patients(0.0), "b": patients(3.0)}
+    across = feature_js({d: np.concatenate(s) for d, s in series.items()})
+    floor = split_half_js(series)
+    assert across > 0.2 and floor < across / 2  # the devices differ by more than their patients
+    # patients that differ a lot make a high floor, whatever the devices do
+    varied = {d: [s + rng.normal(scale=2.0) for s in ss] for d, ss in series.items()}
+    assert split_half_js(varied) > floor
+    assert np.isnan(split_half_js({"a": series["a"][:1], "b": series["b"][:1]}))  # one series per device: no halves

@@ -75,6 +75,7 @@ def test_failing_gate_writes_everything_then_raises(ingest_dir: Path, model_path
     assert metrics["n_series"] == 3 and metrics["gate_passed"] == 0
     assert metrics["dice_seen_devices"] is None and metrics["dice_holdout_devices"] is not None
     assert metrics["js_intensity_raw"] is not None and metrics["js_features"] is not None
+    assert "js_features_floor" in metrics  # NaN (null) when no device has two validation series
     table = pd.read_csv(out / "per_device.csv")
     assert list(table.columns[:8]) == ["device_id", "modality", "holdout", "n", "n_studies", "dice_mean", "ci_low", "ci_high"]
     for c in SEG_CLASSES[1:]:

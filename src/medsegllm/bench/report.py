@@ -277,7 +277,7 @@ def _demo(r: dict) -> list[str]:
     ]
     keys = ("dice_mean", "dice_mean_ci_low", "dice_mean_ci_high", "dice_liver", "dice_kidney", "dice_lesion",
             "dice_seen_devices", "dice_holdout_devices", "device_dice_gap", "hd95_mean", "js_intensity_raw",
-            "js_intensity_harmonized", "js_features", "gate_passed")
+            "js_intensity_harmonized", "js_features", "js_features_floor", "gate_passed")
     lines += [f"| {k} | {_f(m.get(k), 3)} |" for k in keys if k in m]
     lines += ["", "Per device (validation/per_device.csv):", "",
               "| device | modality | holdout | n | Dice mean | 95 % CI | Dice lesion |", "|---|---|---|---|---|---|---|"]

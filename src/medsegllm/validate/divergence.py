@@ -69,3 +69,20 @@ def feature_js(
         per_component.append(mean_pairwise_js(hists, groups))
     finite = [v for v in per_component if np.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
+
+
+def split_half_js(features_by_series: dict[str, list[np.ndarray]], **kwargs) -> float:
+    """`feature_js` between two halves of each device's own series (alternate series), never across devices.
+
+    Two halves of one scanner's patients differ only by which patients they hold, so this is the
+    feature JS that patient sampling alone gives on this validation set: a cross-device figure near
+    it says the devices differ no more than their patients do. NaN when no device has two series.
+    """
+    halves, device_of = {}, {}
+    for device, series in features_by_series.items():
+        if len(series) < 2:
+            continue
+        for half, part in (("a", series[0::2]), ("b", series[1::2])):
+            halves[f"{device}#{half}"] = np.concatenate(part)
+            device_of[f"{device}#{half}"] = device
+    return feature_js(halves, device_of, **kwargs) if halves else float("nan")

@@ -95,6 +95,11 @@ def _js_chart(metrics: dict[str, float]) -> bytes:
             ax.bar(i + offset, value if finite else 0.0, width=0.38, color=color)
             ax.text(i + offset, (value if finite else 0.0) + 0.01, f"{label}\n{_fmt(value) if finite else 'not measured'}",
                     ha="center", va="bottom", fontsize=7)
+    floor = metrics.get("js_features_floor")
+    if floor is not None and math.isfinite(floor):  # two halves of one device's patients: sampling alone
+        ax.hlines(floor, 0.75, 1.25, colors="#333", linestyles="dashed")
+        ax.text(1.27, floor, f"patient-sampling\nfloor {_fmt(floor)}", va="center", fontsize=7)
+        ax.set_xlim(-0.6, 1.9)
     ax.set_xticks([0, 1], [p[0] for p in pairs])
     ax.set_ylabel("mean pairwise JS (bits)")
     ax.set_ylim(0, max(0.1, *[metrics.get(k) or 0.0 for p in pairs for k in p[1:3]]) * 1.35)

@@ -23,7 +23,7 @@ from medsegllm.common.splits import assign_split
 from medsegllm.config import Params, PostprocessParams
 from medsegllm.knowledge import SEG_CLASSES
 from medsegllm.model.postprocess import label_map
-from medsegllm.validate.divergence import device_histograms, feature_js, mean_pairwise_js
+from medsegllm.validate.divergence import device_histograms, feature_js, mean_pairwise_js, split_half_js
 from medsegllm.validate.metrics import (
     aggregate,
     bootstrap_ci,
@@ -290,6 +290,7 @@ def run_validate(
     metrics["js_intensity_raw"] = mean_pairwise_js(device_histograms(val, "raw_histogram"), groups)
     metrics["js_intensity_harmonized"] = mean_pairwise_js(device_histograms(val, "histogram"), groups)
     metrics["js_features"] = feature_js({d: np.concatenate(f) for d, f in features.items()}, groups)
+    metrics["js_features_floor"] = split_half_js(features)  # what patient sampling alone gives
     if reference_model is not None:
         without = feature_js({d: np.concatenate(f) for d, f in features_ref.items()}, groups)
         metrics["js_features_without_dan_pdm"] = without
