@@ -165,6 +165,11 @@ class PDMParams(_Section):
     p_max: float = Field(0.5, ge=0, le=1, description="final probability of mixing a batch")
     beta: float = Field(0.3, gt=0, description="Beta(b, b) mixing strength")
     ramp_epochs: int = Field(4, ge=1, description="epochs for the probability to grow from 0 to p_max")
+    amplitude_mix: float = Field(
+        0.0, ge=0, le=1, description="image-level mixing: largest share of a cross-device partner's Fourier amplitude "
+        "blended into an image (phase kept), drawn per sample with the same ramping probability; 0: off"
+    )
+    amplitude_band: float = Field(1.0, gt=0, le=1, description="share of the spectrum, lowest frequencies first, whose amplitude is mixed")
 
 
 class ScannerAugParams(_Section):

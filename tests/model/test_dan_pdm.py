@@ -2,7 +2,7 @@ import torch
 
 from medsegllm.config import PDMParams
 from medsegllm.model.dan import DomainAwareNorm, DomainRouter
-from medsegllm.model.pdm import ProgressiveDomainMixing, cross_device_partners, pdm_probability
+from medsegllm.model.pdm import ProgressiveDomainMixing, cross_device_partners, mix_amplitudes, pdm_probability
 
 
 def _trained_norm() -> tuple[DomainAwareNorm, DomainRouter]:
@@ -101,3 +101,27 @@ def test_shared_affine_dan_keeps_per_device_statistics_under_one_scale_shift() -
     out = norm(x)
     assert torch.allclose(out[:1], norm.device_norms[0](x[:1]) * 2 + 1)
     assert torch.allclose(out[1:], norm.device_norms[1](x[1:]) * 2 + 1)
+
+
+def test_amplitude_mixing_on_the_lowest_frequency_moves_only_the_mean_toward_the_partner() -> None:
+    torch.manual_seed(0)
+    images = 0.3 + 0.1 * torch.rand(4, 1, 16, 16)
+    images[2:] += 0.4  # the second device's images are brighter
+    devices = torch.tensor([0, 0, 1, 1])
+    mixed = mix_amplitudes(images, devices, probability=1.0, strength=1.0, band=1e-3)  # the zero frequency alone
+    centred = lambda x: x - x.mean(dim=(2, 3), keepdim=True)
+    torch.testing.assert_close(centred(mixed), centred(images), atol=1e-5, rtol=0)  # the anatomy (phase) is kept
+    means, new = images.mean(dim=(1, 2, 3)), mixed.mean(dim=(1, 2, 3))
+    assert (new[:2] >= means[:2] - 1e-6).all() and (new[:2] <= 0.75).all()  # toward the other device, never past it
+    assert (new[2:] <= means[2:] + 1e-6).all() and (new[2:] >= 0.3).all()
+    assert (new - means).abs().max() > 0.01
+
+
+def test_amplitude_mixing_is_identity_when_off_or_without_another_device() -> None:
+    images = torch.rand(4, 1, 16, 16)
+    for mixed in (mix_amplitudes(images, torch.tensor([0, 0, 1, 1]), 0.0, 1.0, 1.0),
+                  mix_amplitudes(images, torch.tensor([0, 0, 1, 1]), 1.0, 0.0, 1.0),
+                  mix_amplitudes(images, torch.zeros(4, dtype=torch.long), 1.0, 1.0, 1.0)):
+        torch.testing.assert_close(mixed, images, atol=1e-5, rtol=0)
+    full = mix_amplitudes(images, torch.tensor([0, 0, 1, 1]), 1.0, 1.0, 1.0)
+    assert full.shape == images.shape and full.min() >= 0 and full.max() <= 1

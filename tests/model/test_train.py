@@ -17,9 +17,12 @@ from medsegllm.train.run import run_train
 from tests.model.synthetic import Interrupted, stop_after_epoch, tiny_params
 
 
-@pytest.mark.parametrize("augment", [{}, {"scanner_aug": {"enabled": True, "prob": 1.0}}], ids=["plain", "scanner_aug"])
+@pytest.mark.parametrize("augment", [{}, {"scanner_aug": {"enabled": True, "prob": 1.0}},
+                                     {"pdm": {"p_max": 1.0, "ramp_epochs": 1, "amplitude_mix": 1.0, "amplitude_band": 0.2}}],
+                         ids=["plain", "scanner_aug", "amplitude_mix"])
 def test_resume_continues_exactly(stage_dirs, tmp_path, augment: dict) -> None:
-    """Scanner augmentation included: its MONAI transforms draw from the checkpointed generator."""
+    """Scanner augmentation included: its MONAI transforms draw from the checkpointed generator; so does
+    PDM's image-level mixing, from torch's."""
     params = tiny_params(channels=[4, 8], epochs=2, steps_per_epoch=2, **augment)
     samples = build_samples(stage_dirs["ingest"], stage_dirs["findings"], None, params)
     prompts = load_prompts(stage_dirs["findings"])
@@ -92,3 +95,20 @@ def test_intensity_augmentation_stays_in_range_and_changes_the_slice() -> None:
     out = augment_intensity(image, rng)
     assert out.dtype == np.float32 and out.shape == image.shape
     assert out.min() >= 0 and out.max() <= 1 and not np.allclose(out, image)
+
+
+def test_amplitude_mixing_changes_the_medsegllm_batches_only(stage_dirs, tmp_path, monkeypatch) -> None:
+    """Image-level PDM runs once the schedule's probability is above 0, never for the baseline."""
+    from medsegllm.train import engine
+
+    calls = []
+    original = engine.mix_amplitudes
+    monkeypatch.setattr(engine, "mix_amplitudes", lambda *a, **k: calls.append(a[2]) or original(*a, **k))
+    pdm = {"p_max": 1.0, "ramp_epochs": 1, "amplitude_mix": 1.0}
+    for variant in ("medsegllm", "unet_baseline"):
+        params = tiny_params(channels=[4, 8], epochs=2, steps_per_epoch=2, variant=variant, pdm=pdm)
+        samples = build_samples(stage_dirs["ingest"], stage_dirs["findings"], None, params)
+        train_model(build_model(params.train, samples.device_ids, *load_prompts(stage_dirs["findings"])), samples,
+                    params, tmp_path / variant)
+        assert calls == ([1.0, 1.0] if variant == "medsegllm" else [])  # epoch 1 has p = 0; epoch 2, p = p_max
+        calls.clear()

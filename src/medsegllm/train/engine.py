@@ -20,7 +20,7 @@ from medsegllm.config import Params
 from medsegllm.knowledge import LESION_CLASS
 from medsegllm.model.inference import autocast_for, bf16_supported
 from medsegllm.model.losses import class_kl, info_nce, seg_loss, subtype_logits, text_distribution
-from medsegllm.model.pdm import pdm_probability, set_pdm_probability
+from medsegllm.model.pdm import mix_amplitudes, pdm_probability, set_pdm_probability
 from medsegllm.train import distributed
 from medsegllm.train.data import TrainSamples, sample_batch
 
@@ -201,6 +201,9 @@ def train_model(
                 train.labelled_share, train.scanner_aug,
             )
             batch = {k: v.to(device) for k, v in batch.items()}
+            if p > 0 and train.pdm.amplitude_mix > 0:
+                batch["image"] = mix_amplitudes(batch["image"], batch["device"], p, train.pdm.amplitude_mix,
+                                                train.pdm.amplitude_band)
             if channels_last is not None:
                 batch["image"] = batch["image"].contiguous(memory_format=channels_last)
             with autocast_for(device, precision):
