@@ -76,8 +76,8 @@ def mix_amplitudes(images: torch.Tensor, device_idx: torch.Tensor, probability: 
     mixed_here = (torch.rand(n) < probability).to(images.device) & (partner != torch.arange(n, device=images.device))
     lam = torch.where(mixed_here, strength * torch.rand(n).to(images.device), 0.0).view(-1, *(1,) * (images.dim() - 1))
     low = torch.ones(images.shape[2:], dtype=torch.bool, device=images.device)
-    for axis, n in enumerate(images.shape[2:]):  # |frequency| within band * Nyquist on every axis
-        freq = torch.fft.fftfreq(n, device=images.device).abs() <= band * 0.5
+    for axis, size in enumerate(images.shape[2:]):  # |frequency| within band * Nyquist on every axis
+        freq = torch.fft.fftfreq(size, device=images.device).abs() <= band * 0.5
         low = low & freq.view([-1 if a == axis else 1 for a in range(len(spatial))])
     mixed = torch.where(low, (1 - lam) * amplitude + lam * amplitude[partner], amplitude)
     out = torch.fft.ifftn(torch.polar(mixed, phase), dim=spatial).real
