@@ -243,7 +243,8 @@ def truth_pseudolabels(pseudo_dir: Path, out_dir: Path, truth_dir: Path, salt: s
 def train_rows(data_dir: Path, params, salt: str, work: Path, jobs: list[tuple[int, str]]
                ) -> tuple[dict[str, list[dict]], list[dict], dict[str, list[float]]]:
     """Run `plan`'s jobs: (runs per row key, pseudolabel stage summaries, seconds per job key)."""
-    from medsegllm.bench.travelling import load_standardization, travelling_js, travelling_scans
+    from medsegllm.bench.travelling import travelling_js, travelling_scans
+    from medsegllm.ingest.standardize import load_standardization
     from medsegllm.model.checkpoint import load_model
     from medsegllm.pseudolabel.run import run_pseudolabel
     from medsegllm.train.run import run_train

@@ -18,16 +18,16 @@ against dcm2niix elsewhere, and the figure here is about the model's features.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from torch import nn
 
 from medsegllm.config import IngestParams
-from medsegllm.validate.divergence import feature_js
+from medsegllm.validate.divergence import feature_js, within_device_js
 
 PROTOCOL_FOV_MM = 320.0  # one in-plane field of view for every scanner (their own range: 310-340 mm)
 PROTOCOL_RANGE_MM = 150.0  # one scan range along z, centred on the subject (theirs: 120-156 mm)
+_STREAM = 0x7A5E1  # random streams of their own, apart from the cohort's
 
 
 @dataclass(frozen=True)
@@ -61,13 +61,13 @@ def travelling_scans(n_subjects: int, seed: int, ingest: IngestParams, mr_standa
 
     scans = []
     for subject in range(n_subjects):
-        anatomy = sample_anatomy(np.random.default_rng([seed, 0x7A5E1, subject]))
+        anatomy = sample_anatomy(np.random.default_rng([seed, _STREAM, subject]))
         for index, scanner in enumerate(SCANNERS):
             grid = _protocol_grid(scanner, anatomy.z_mid)
             phantom = make_phantom(anatomy, grid, [])
             for session in range(sessions):
-                patient = np.random.default_rng([seed, 0x7A5E1, subject])  # same tissue values on every scan
-                noise = np.random.default_rng([seed, 0x7A5E1, subject, index, session])
+                patient = np.random.default_rng([seed, _STREAM, subject])  # same tissue values on every scan
+                noise = np.random.default_rng([seed, _STREAM, subject, index, session])
                 stored = to_stored(render(phantom, grid, scanner, patient, session_rng=noise), scanner)
                 array = stored.astype(np.float32) - (1024.0 if scanner.modality == "CT" else 0.0)  # as ingest rescales
                 volume, _ = harmonize_volume(array, grid.affine_ras(), scanner.modality, ingest)
@@ -82,26 +82,13 @@ def travelling_js(model: nn.Module, scans: list[TravellingScan]) -> dict[str, fl
     `js_travel_retest`: the same measure between each device's two sessions (its floor)."""
     from medsegllm.model.inference import bottleneck_features
 
-    features = [(scan, bottleneck_features(model, scan.volume, scan.device_id)) for scan in scans]
-    by_device: dict[str, list[np.ndarray]] = {}
-    by_session: dict[str, list[np.ndarray]] = {}
-    for scan, f in features:
-        by_session.setdefault(f"{scan.device_id}#{scan.session}", []).append(f)
-        if scan.session == 0:
-            by_device.setdefault(scan.device_id, []).append(f)
+    by_session: dict[str, dict[int, list[np.ndarray]]] = {}
+    for scan in scans:
+        by_session.setdefault(scan.device_id, {}).setdefault(scan.session, []).append(
+            bottleneck_features(model, scan.volume, scan.device_id))
+    sessions = {device: [np.concatenate(f) for _, f in sorted(s.items())] for device, s in by_session.items()}
     modality = {scan.device_id: scan.modality for scan in scans}
-    result = {"js_travel": feature_js({d: np.concatenate(f) for d, f in by_device.items()}, modality)}
+    result = {"js_travel": feature_js({device: parts[0] for device, parts in sessions.items()}, modality)}
     if len({scan.session for scan in scans}) > 1:
-        same_device = {key: key.split("#")[0] for key in by_session}
-        result["js_travel_retest"] = feature_js({k: np.concatenate(f) for k, f in by_session.items()}, same_device)
+        result["js_travel_retest"] = within_device_js(sessions)
     return result
-
-
-def load_standardization(ingest_dir: Path) -> dict | None:
-    """The cohort's MR standardization (ingest's `mr_standardization.json`), None when ingest wrote none."""
-    import json
-
-    from medsegllm.ingest.standardize import STANDARDIZATION_FILE
-
-    path = Path(ingest_dir) / STANDARDIZATION_FILE
-    return json.loads(path.read_text()) if path.exists() else None

@@ -17,6 +17,7 @@ bijections of [0, 1].
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
@@ -113,6 +114,12 @@ def standardize(rows: list[dict], out_dir: Path, params: MRStandardizationParams
         row["mr_map"] = target
         row["histogram"] = histogram(volume, (0.0, 1.0), bins).tolist()
     return model
+
+
+def load_standardization(ingest_dir: Path) -> dict | None:
+    """The map ingest learned (its `mr_standardization.json`), None when ingest wrote none."""
+    path = Path(ingest_dir) / STANDARDIZATION_FILE
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def series_map(model: dict | None, device: str, volume: np.ndarray) -> list[list[float]] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -14,7 +13,7 @@ import torch
 from medsegllm.common.deid import check_same_salt, resolve_salt
 from medsegllm.common.io import remove_partials, write_json
 from medsegllm.config import Params
-from medsegllm.ingest.standardize import STANDARDIZATION_FILE
+from medsegllm.ingest.standardize import load_standardization
 from medsegllm.knowledge import SEG_CLASSES
 from medsegllm.model.checkpoint import model_meta, save_checkpoint
 from medsegllm.model.network import build_model
@@ -79,9 +78,8 @@ def run_train(
     run_id = {"mlflow_run_id": tracker.run_id} if tracker is not None else {}
     if ranks.main:
         # ingest's MR standardization travels with the model: `segment` must map new MR series the same way
-        standardization = Path(ingest_dir) / STANDARDIZATION_FILE
         extra = {"seed": params.seed, **run_id,  # the run id: `register` links the registered version to the training run
-                 "mr_standardization": json.loads(standardization.read_text()) if standardization.exists() else None}
+                 "mr_standardization": load_standardization(ingest_dir)}
         save_checkpoint(out_dir / "model.pt", model, model_meta(model, list(SEG_CLASSES), extra))
     metrics = {
         "variant": params.train.variant,

@@ -71,18 +71,20 @@ def feature_js(
     return float(np.mean(finite)) if finite else float("nan")
 
 
+def within_device_js(parts_by_device: dict[str, list[np.ndarray]], **kwargs) -> float:
+    """`feature_js` between parts of each device's own features (halves of its series, two sessions of the
+    same subjects), never across devices: the divergence a device shows with itself. NaN without two parts."""
+    parts = {f"{device}#{i}": part for device, device_parts in parts_by_device.items() for i, part in enumerate(device_parts)}
+    return feature_js(parts, {key: key.rsplit("#", 1)[0] for key in parts}, **kwargs)
+
+
 def split_half_js(features_by_series: dict[str, list[np.ndarray]], **kwargs) -> float:
-    """`feature_js` between two halves of each device's own series (alternate series), never across devices.
+    """`within_device_js` between two halves of each device's own series (alternate series).
 
     Two halves of one scanner's patients differ only by which patients they hold, so this is the
     feature JS that patient sampling alone gives on this validation set: a cross-device figure near
     it says the devices differ no more than their patients do. NaN when no device has two series.
     """
-    halves, device_of = {}, {}
-    for device, series in features_by_series.items():
-        if len(series) < 2:
-            continue
-        for half, part in (("a", series[0::2]), ("b", series[1::2])):
-            halves[f"{device}#{half}"] = np.concatenate(part)
-            device_of[f"{device}#{half}"] = device
-    return feature_js(halves, device_of, **kwargs) if halves else float("nan")
+    halves = {device: [np.concatenate(series[0::2]), np.concatenate(series[1::2])]
+              for device, series in features_by_series.items() if len(series) >= 2}
+    return within_device_js(halves, **kwargs)
