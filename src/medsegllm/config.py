@@ -246,7 +246,7 @@ class TrainParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default")
     compile: bool = Field(
-        False, description="torch.compile the training step (inductor: needs a C++ compiler, and triton on CUDA)"
+        False, description="torch.compile the network in the training step (inductor: needs a C++ compiler, and triton on CUDA)"
     )
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="training compute precision; auto: bf16 autocast on CUDA or a CPU with native bf16, else fp32"

@@ -32,8 +32,11 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path, monkeypatch) -> Non
     assert all(workers[f"workers_{n}"]["series_per_s"] > 0 for n in (1, 2))
     cpu = results["devices"][0]
     assert cpu["device"] == "cpu"
-    for key in ("monai_loop", "engine_unet_baseline", "engine_medsegllm"):
+    for key in ("monai_loop", "engine_unet_baseline", "engine_unet_baseline_compiled", "engine_medsegllm"):
         assert cpu["train"][key]["samples_per_s"] > 0
+    compiled_train = cpu["train"]["engine_unet_baseline_compiled"]
+    assert compiled_train["compile"] and compiled_train["warmup_s"] > compiled_train["median_s"]  # its first epoch compiled
+    assert "train.compile" in cpu["train"]["goals"][0]["measure"]
     for key in ("monai_sliding_window", "predict_volume_unet_baseline", "predict_volume_medsegllm",
                 "predict_volume_unet_baseline_compiled", "predict_volume_medsegllm_compiled"):
         assert cpu["inference"][key]["slices_per_s"] > 0

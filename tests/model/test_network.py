@@ -24,6 +24,18 @@ def test_factored_head_equals_explicit_cosine(prompts) -> None:
         assert torch.allclose(model.pooled_embedding(out, mask), pooled, atol=1e-5)
 
 
+def test_head_runs_in_fp32_under_bf16_autocast(prompts) -> None:
+    # autocast would run the head's products in bf16 (and recast the features for each); the head opts out
+    model = build_model(tiny_params().train, ["a", "b"], *prompts).eval()
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model.outputs(torch.rand(2, 1, 32, 32), torch.tensor([0, 1]))
+        assert out["logits"].dtype == out["norm"].dtype == torch.float32
+        emb = model.pixel_embeddings(out["features"])  # the same features, in fp32 outside autocast
+        expected = model.log_scale.exp() * torch.einsum("bdhw,cd->bchw", emb, model.class_prompts)
+        assert torch.allclose(out["logits"], expected + model.class_bias[None, :, None, None], atol=1e-4)
+
+
 def test_inference_shapes_for_both_variants(prompts) -> None:
     volume = np.random.default_rng(0).random((40, 36, 3), dtype=np.float32)
     for variant, backbone in (("medsegllm", "unet"), ("medsegllm", "segresnet"), ("unet_baseline", "unet")):

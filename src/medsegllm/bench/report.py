@@ -136,6 +136,8 @@ def _train_table(t: dict) -> list[str]:
         ("plain MONAI loop: UNet + DiceCELoss + Adam, fp32 eager, DataLoader", monai),
         ("our engine, unet_baseline (same MONAI UNet), default precision", t["engine_unet_baseline"]),
         ("our engine, unet_baseline, fp32", t["engine_unet_baseline_fp32"]),
+        (f"our engine, unet_baseline, train.compile ({t['engine_unet_baseline_compiled']['precision']}; first epoch "
+         f"{t['engine_unet_baseline_compiled']['warmup_s']:.0f} s with compiling)", t["engine_unet_baseline_compiled"]),
         ("our engine, medsegllm (DAN + PDM + alignment + KL + pseudo-labels)", t["engine_medsegllm"]),
     ]
     lines = ["| loop | samples/s | median s per rep | runs (s) | params | vs MONAI loop |", "|---|---|---|---|---|---|"]
@@ -144,7 +146,8 @@ def _train_table(t: dict) -> list[str]:
         lines.append(f"| {name} | {_f(stats['samples_per_s'], 1)} | {_f(stats['median_s'], 3)} | {_runs(stats)} | "
                      f"{stats['parameters']:,} | {rel} |")
     lines += ["", f"Paired with a MONAI-loop chunk timed right after each of our epochs (steadier under load): "
-              f"unet_baseline default precision {_x(t['paired_baseline_vs_monai'])}, fp32 {_x(t['paired_baseline_fp32_vs_monai'])}."]
+              f"unet_baseline default precision {_x(t['paired_baseline_vs_monai'])}, fp32 {_x(t['paired_baseline_fp32_vs_monai'])}, "
+              f"compiled {_x(t['paired_baseline_compiled_vs_monai'])}."]
     return lines
 
 
@@ -159,7 +162,7 @@ def _train(r: dict) -> list[str]:
             f"{d['n_series']} in-memory synthetic series of {d['series_shape']} (medsegllm: "
             f"{int(d['medsegllm_pseudo_share'] * 100)} % pseudo-labelled; baselines: all labelled). "
             f"Each rep is {t['monai_loop']['steps_per_rep']} steps including batch preparation; one warm-up rep "
-            "(our engine: its first epoch) excluded. The three loops run one after another in one process.", "",
+            "(our engine: its first epoch) excluded. The loops run one after another in one process.", "",
             *_train_table(t), *_goals(t["goals"]), "",
         ]
     return lines

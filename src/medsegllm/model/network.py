@@ -174,17 +174,16 @@ class MedSegNet(_Base):
             device_idx = torch.full((x.shape[0],), -1, dtype=torch.long)
         self.router.set(device_idx.to(x.device), self.training, self.train_params.dan.shared_prob)
         features = self.backbone(x)
-        weight = self.proj.weight.flatten(1).float()  # (D, F)
-        bias = self.proj.bias.float()
-        f = features.float()
-        channel = (1, -1) + (1,) * (f.dim() - 2)  # broadcasts a per-class vector over (B, C, *S)
-        gram_f = torch.einsum("fg,bg...->bf...", weight.T @ weight, f)
-        sq = (f * gram_f).sum(1) + 2 * torch.einsum("f,bf...->b...", weight.T @ bias, f) + bias @ bias
-        norm = sq.clamp_min(1e-12).sqrt()
-        prompt_w = self.class_prompts @ weight  # (C, F)
-        dot = torch.einsum("cf,bf...->bc...", prompt_w, f) + (self.class_prompts @ bias).view(channel)
-        scale = self.log_scale.clamp(max=math.log(100.0)).exp()
-        logits = scale * dot / norm[:, None] + self.class_bias.view(channel)
+        with torch.autocast(x.device.type, enabled=False):  # the head in fp32: autocast would recast f per product
+            weight = self.proj.weight.flatten(1).float()  # (D, F)
+            bias = self.proj.bias.float()
+            f = features.float()
+            f_last = f.movedim(1, -1).contiguous()  # (B,*S,F), copied once: each product would copy a strided view
+            sq = (f_last * (f_last @ (weight.T @ weight))).sum(-1) + 2 * (f_last @ (weight.T @ bias)) + bias @ bias
+            norm = sq.clamp_min(1e-12).sqrt()
+            dot = f_last @ (self.class_prompts @ weight).T + self.class_prompts @ bias  # (B,*S,C)
+            scale = self.log_scale.clamp(max=math.log(100.0)).exp()
+            logits = (scale * dot / norm[..., None] + self.class_bias).movedim(-1, 1)
         return {"logits": logits, "features": f, "norm": norm, "bottleneck": self._bottleneck}
 
     def pixel_embeddings(self, features: torch.Tensor) -> torch.Tensor:
@@ -200,7 +199,7 @@ class MedSegNet(_Base):
         spatial = tuple(range(1, m.dim()))
         count = m.sum(dim=spatial).clamp_min(1.0)
         inv = m / out["norm"]
-        g = torch.einsum("b...,bf...->bf", inv, out["features"]) / count[:, None]
+        g = (inv.flatten(1)[:, None] @ out["features"].movedim(1, -1).flatten(1, -2))[:, 0] / count[:, None]
         h = inv.sum(dim=spatial) / count
         weight = self.proj.weight.flatten(1).float()
         return F.normalize(g @ weight.T + h[:, None] * self.proj.bias.float()[None], dim=1)

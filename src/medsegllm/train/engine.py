@@ -55,11 +55,15 @@ def _study_means(emb: torch.Tensor, text: torch.Tensor, study: torch.Tensor) -> 
     return summed, text[first]
 
 
-def compute_losses(model: nn.Module, batch: dict[str, torch.Tensor], params: Params) -> dict[str, torch.Tensor]:
-    """All loss terms of one batch (each zero when switched off or without data) and their sum."""
+def compute_losses(model: nn.Module, batch: dict[str, torch.Tensor], params: Params,
+                   outputs: Callable[..., dict[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+    """All loss terms of one batch (each zero when switched off or without data) and their sum.
+
+    `outputs` runs the network (default `model.outputs`; train.compile passes its compiled twin).
+    """
     train = params.train
     baseline = train.variant == "unet_baseline"
-    out = model.outputs(batch["image"], batch["device"])
+    out = (outputs or model.outputs)(batch["image"], batch["device"])
     logits = out["logits"]
     zero = logits.new_zeros(())
     class_weights = torch.tensor(train.class_weights)
