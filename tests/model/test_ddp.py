@@ -103,9 +103,10 @@ def test_two_rank_ddp_equals_one_step_on_both_batches_and_resumes(stage_dirs) ->
 
 @pytest.mark.e2e
 def test_train_command_relaunches_itself_under_torchrun(stage_dirs) -> None:
-    """`medsegllm train --nproc-per-node 2` starts torchrun itself (what a task given N GPUs runs)."""
+    """`medsegllm train --nproc-per-node 2` starts torchrun itself (what a task given N GPUs runs), here
+    with train.compile on, as configs/gpu.yaml has it: each rank's DDP step runs the compiled network."""
     root = stage_dirs["root"]
-    _write_params(root / "launch.yaml", epochs=1, steps_per_epoch=1)
+    _write_params(root / "launch.yaml", epochs=1, steps_per_epoch=2, compile=True)
     out = root / "launched"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
@@ -116,6 +117,7 @@ def test_train_command_relaunches_itself_under_torchrun(stage_dirs) -> None:
     assert run.returncode == 0, run.stderr[-4000:]
     assert json.loads((out / "train_metrics.json").read_text())["world_size"] == 2
     assert json.loads(run.stdout)["world_size"] == 2  # one rank printed the metrics, as one JSON document
+    assert "training eagerly" not in run.stderr  # compiled, not fallen back
 
 
 def test_launch_counts_processes_and_builds_the_torchrun_command(monkeypatch) -> None:
