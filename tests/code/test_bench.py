@@ -284,3 +284,15 @@ def test_rows_plan_runs_the_chosen_rows_on_every_seed_and_renders_means() -> Non
     text = render(runs)
     assert "| full | 1 | 0.500 | 0.400 | n/a | n/a | n/a | 10.000 |" in text
     assert "| full | mean | 0.550 | 0.400 | n/a | n/a | n/a | 15.000 |" in text
+
+
+def test_engine_bench_says_when_compile_fell_back(monkeypatch) -> None:
+    from medsegllm.bench import model as bench_model
+    from medsegllm.train import distributed
+
+    blocked = lambda device: "no C++ compiler for inductor (test)"  # noqa: E731
+    monkeypatch.setattr(distributed, "compile_blocker", blocked)
+    monkeypatch.setattr(bench_model, "compile_blocker", blocked)
+    samples = bench_model.synthetic_samples(2, (40, 40, 4), n_devices=2, pseudo_share=0.0)
+    stats, _ = bench_model.bench_engine("unet_baseline", samples, 4, 1, 1, "cpu", [8, 16], compile=True)
+    assert stats["compile"] is False  # the row trained eagerly, and says so

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from medsegllm.bench.timing import paired_ratio, ratio, summary, sync, timed
 from medsegllm.config import Params
 from medsegllm.knowledge import LESION_CLASS, SEG_CLASSES, SUBTYPE_KEYS
-from medsegllm.model.compiled import compile_for_inference
+from medsegllm.model.compiled import compile_blocker, compile_for_inference
 from medsegllm.model.inference import bf16_supported, predict_volume
 from medsegllm.model.network import build_model
 from medsegllm.train.data import SeriesData, TrainSamples
@@ -97,7 +97,8 @@ def bench_engine(variant: str, samples: TrainSamples, batch_size: int, steps: in
     Epoch seconds cover batch sampling, forward, all losses, backward and the optimizer step,
     but not the per-epoch checkpoint write. `after_epoch` runs after each epoch (outside its
     seconds): a contender timed there shares the engine's load, for paired ratios. With `compile`
-    the warm-up epoch carries the compiling: `warmup_s` is its seconds.
+    the warm-up epoch carries the compiling: `warmup_s` is its seconds; `compile` in the result says
+    whether it compiled (the engine trains eagerly where inductor cannot run).
     """
     params = bench_params(variant, batch_size, steps, 1 + reps, device, channels, precision, compile)
     class_prompts, subtype_prompts = prompts()
@@ -114,7 +115,7 @@ def bench_engine(variant: str, samples: TrainSamples, batch_size: int, steps: in
     times = [row["seconds"] for row in rows[1:]]
     stats = summary(times)
     return {**stats, "steps_per_rep": steps, "batch_size": batch_size, "precision": result["precision"],
-            "compile": compile, "warmup_s": rows[0]["seconds"], "samples_per_s": steps * batch_size / stats["median_s"],
+            "compile": compile and compile_blocker(torch.device(device)) is None, "warmup_s": rows[0]["seconds"], "samples_per_s": steps * batch_size / stats["median_s"],
             "parameters": sum(p.numel() for p in model.parameters())}, model
 
 
@@ -324,7 +325,9 @@ def bench_models(train_shape: tuple[int, int, int], n_series: int, batch_size: i
         {"goal": f"our engine on the same network (unet_baseline) >= {speedup:g}x the plain MONAI loop's samples/s",
          "value": train["paired_baseline_compiled_vs_monai"],
          "measure": (f"paired engine / MONAI loop per epoch, with train.compile ({compiled['precision']}; its first "
-                     f"epoch, compiling, {compiled['warmup_s']:.0f} s; eager: {train['paired_baseline_vs_monai']:.2f})"),
+                     f"epoch, compiling, {compiled['warmup_s']:.0f} s; eager: {train['paired_baseline_vs_monai']:.2f})"
+                     if compiled["compile"] else "paired engine / MONAI loop per epoch, eager: train.compile cannot "
+                     f"compile on this machine ({compile_blocker(torch.device(device))})"),
          "met": (train["paired_baseline_compiled_vs_monai"] or 0.0) >= speedup},
     ]
     infer["goals"] = [
