@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The prepared GPU benchmark (issue #7): one run, well under 10 minutes on one H100/H200.
+# The prepared GPU benchmark (issue #7): one run on one H100/H200 (sized, by estimate, for 5-8 minutes:
+# four engine runs, two of them compiled, three paired with the plain MONAI loop, and two compiled inference
+# models; not yet run on a GPU). Lower --train-steps / --infer-shape if it must fit less time.
 #
 # On the GPU machine, whose python3 has torch but not MONAI or pydantic, run from the repo root:
 #   bash benchmarks/gpu.sh            # wheels from .whl/ (benchmarks/gpu_wheels.sh fetches them)

@@ -48,12 +48,13 @@ def test_compile_falls_back_to_eager_with_a_reason(monkeypatch, caplog) -> None:
     monkeypatch.setattr(distributed, "compile_blocker", lambda device: "no C++ compiler for inductor (test)")
     with caplog.at_level(logging.WARNING, logger="medsegllm.train.distributed"):
         step = distributed.training_step(model, compute_losses, distributed.Ranks(), torch.device("cpu"), compile=True)
-    assert step.outputs is None and step.model is model
+    assert step.outputs is None and step.model is model and not distributed.is_compiled(step)
     assert "no C++ compiler" in caplog.text and "training eagerly" in caplog.text
     monkeypatch.setattr(distributed, "compile_blocker", lambda device: None)
     step = distributed.training_step(model, compute_losses, distributed.Ranks(), torch.device("cpu"), True)
     # the network's forward is compiled (lazily, at the first step); the model object itself is untouched
     assert step.outputs is not None and step.outputs is not model.outputs and step.model is model
+    assert distributed.is_compiled(step)
     assert "outputs" not in vars(model)
 
 

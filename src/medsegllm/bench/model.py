@@ -37,9 +37,9 @@ PAPER_FPS = 6.0  # the paper's headline inference speed (27 M-parameter GPU mode
 
 
 def bench_params(variant: str, batch_size: int, steps: int, epochs: int, device: str, channels: list[int],
-                 precision: str = "auto", compile: bool = False) -> Params:
-    """Project defaults with the benchmark's variant, sizes, device, precision and compile; everything else as in params."""
-    base = Params()
+                 precision: str = "auto", compile: bool = False, base: Params | None = None) -> Params:
+    """`base` (project defaults) with the benchmark's variant, sizes, device, precision and compile."""
+    base = base or Params()
     train = base.train.model_copy(update={"variant": variant, "batch_size": batch_size, "steps_per_epoch": steps,
                                           "epochs": epochs, "device": device, "channels": list(channels),
                                           "precision": precision, "compile": compile})
@@ -91,7 +91,7 @@ def prompts(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def bench_engine(variant: str, samples: TrainSamples, batch_size: int, steps: int, reps: int, device: str,
                  channels: list[int], precision: str = "auto", compile: bool = False,
-                 after_epoch: Callable[[], None] | None = None) -> tuple[dict, nn.Module]:
+                 after_epoch: Callable[[], None] | None = None, base: Params | None = None) -> tuple[dict, nn.Module]:
     """`train_model` for 1 + reps epochs of `steps` steps; epoch 1 is the warm-up and is not counted.
 
     Epoch seconds cover batch sampling, forward, all losses, backward and the optimizer step,
@@ -100,7 +100,7 @@ def bench_engine(variant: str, samples: TrainSamples, batch_size: int, steps: in
     the warm-up epoch carries the compiling: `warmup_s` is its seconds; `compile` in the result says
     whether it compiled (the engine trains eagerly where inductor cannot run).
     """
-    params = bench_params(variant, batch_size, steps, 1 + reps, device, channels, precision, compile)
+    params = bench_params(variant, batch_size, steps, 1 + reps, device, channels, precision, compile, base)
     class_prompts, subtype_prompts = prompts()
     model = build_model(params.train, samples.device_ids, class_prompts, subtype_prompts)
     rows: list[dict] = []
@@ -115,7 +115,8 @@ def bench_engine(variant: str, samples: TrainSamples, batch_size: int, steps: in
     times = [row["seconds"] for row in rows[1:]]
     stats = summary(times)
     return {**stats, "steps_per_rep": steps, "batch_size": batch_size, "precision": result["precision"],
-            "compile": compile and compile_blocker(torch.device(device)) is None, "warmup_s": rows[0]["seconds"], "samples_per_s": steps * batch_size / stats["median_s"],
+            "compile": result["compiled"], "warmup_s": rows[0]["seconds"],
+            "samples_per_s": steps * batch_size / stats["median_s"],
             "parameters": sum(p.numel() for p in model.parameters())}, model
 
 
@@ -185,30 +186,32 @@ def _loop_stats(times: list[float], steps: int, batch_size: int, net: nn.Module)
 
 def _paired_engine(variant: str, samples: TrainSamples, batch_size: int, steps: int, reps: int, device: str,
                    channels: list[int], precision: str, monai_chunk: Callable[[], None],
-                   compile: bool = False) -> tuple[dict, nn.Module, list[float]]:
+                   compile: bool = False, base: Params | None = None) -> tuple[dict, nn.Module, list[float]]:
     """Our engine with a MONAI chunk timed after each of its epochs: (engine stats, model, MONAI seconds
     paired with the engine's timed epochs). The chunk after the warm-up epoch is the MONAI loop's warm-up."""
     monai_times: list[float] = []
     stats, model = bench_engine(variant, samples, batch_size, steps, reps, device, channels, precision, compile,
-                                after_epoch=lambda: monai_times.append(timed(monai_chunk)[0]))
+                                after_epoch=lambda: monai_times.append(timed(monai_chunk)[0]), base=base)
     return stats, model, monai_times[1:]
 
 
 def bench_train(samples: TrainSamples, labelled: TrainSamples, roi: tuple[int, int], batch_size: int, steps: int,
-                reps: int, device: str, channels: list[int]) -> tuple[dict, dict[str, nn.Module]]:
+                reps: int, device: str, channels: list[int], base: Params | None = None) -> tuple[dict, dict[str, nn.Module]]:
     """Our engine on unet_baseline (default precision, fp32, then compiled in the default precision, from a
-    cold inductor cache) with the plain MONAI loop interleaved per epoch, then the medsegllm variant; the
-    baselines train on labelled slices only."""
-    lr = Params().train.lr
-    chunk, net = monai_loop(labelled, roi, batch_size, steps, lr, device, channels)
+    cold inductor cache) with the plain MONAI loop interleaved per epoch, then the medsegllm variant
+    (compiled as `base.train.compile` says); the baselines train on labelled slices only. `base`: the
+    params file whose other settings every run keeps (project defaults)."""
+    base = base or Params()
+    chunk, net = monai_loop(labelled, roi, batch_size, steps, base.train.lr, device, channels)
     baseline, baseline_model, monai_times = _paired_engine("unet_baseline", labelled, batch_size, steps, reps, device,
-                                                           channels, "auto", chunk)
+                                                           channels, "auto", chunk, base=base)
     fp32, _, monai_fp32_times = _paired_engine("unet_baseline", labelled, batch_size, steps, reps, device, channels,
-                                               "fp32", chunk)
+                                               "fp32", chunk, base=base)
     with cold_inductor_cache():
         compiled, _, monai_compiled_times = _paired_engine("unet_baseline", labelled, batch_size, steps, reps, device,
-                                                           channels, "auto", chunk, compile=True)
-    ours, ours_model = bench_engine("medsegllm", samples, batch_size, steps, reps, device, channels)
+                                                           channels, "auto", chunk, compile=True, base=base)
+        ours, ours_model = bench_engine("medsegllm", samples, batch_size, steps, reps, device, channels,
+                                        compile=base.train.compile, base=base)
     monai = _loop_stats(monai_times, steps, batch_size, net)
     result = {
         "monai_loop": monai,
@@ -310,12 +313,15 @@ def break_even_slices(compile_s: float, eager_slices_per_s: float, compiled_slic
 
 
 def bench_models(train_shape: tuple[int, int, int], n_series: int, batch_size: int, steps: int, reps: int,
-                 infer_shape: tuple[int, int, int], infer_reps: int, device: str, channels: list[int]) -> dict:
-    """Training then inference on one device; the trained models are reused for inference."""
+                 infer_shape: tuple[int, int, int], infer_reps: int, device: str, channels: list[int],
+                 base: Params | None = None) -> dict:
+    """Training then inference on one device; the trained models are reused for inference. `base`: the
+    params file the runs start from (project defaults; `bench.gpu` passes configs/gpu.yaml)."""
+    base = base or Params()
     samples = synthetic_samples(n_series, train_shape, n_devices=4, pseudo_share=0.75)
     labelled = synthetic_samples(n_series, train_shape, n_devices=4, pseudo_share=0.0)
-    roi = tuple(Params().train.roi_size)
-    train, models = bench_train(samples, labelled, roi, batch_size, steps, reps, device, channels)
+    roi = tuple(base.train.roi_size)
+    train, models = bench_train(samples, labelled, roi, batch_size, steps, reps, device, channels, base)
     infer = bench_inference(models, infer_shape, infer_reps, device)
     train["data"] = {"n_series": n_series, "series_shape": list(train_shape), "roi": list(roi),
                      "medsegllm_pseudo_share": 0.75, "channels": list(channels)}
@@ -339,7 +345,8 @@ def bench_models(train_shape: tuple[int, int, int], n_series: int, batch_size: i
          "measure": (f"paired ours / MONAI slices/s, after {infer['compile_s']['unet_baseline']:.0f} s of compiling"
                      if infer["not_compiled"]["unet_baseline"] is None else f"not compiled: {infer['not_compiled']['unet_baseline']}"),
          "met": infer["not_compiled"]["unet_baseline"] is None and (infer["paired_unet_baseline_compiled_vs_monai"] or 0.0) > 1.0},
-        {"goal": f"paper headline {PAPER_FPS:g} FPS (reference only: 27 M-param GPU model, not this demo model)",
+        {"goal": f"paper headline {PAPER_FPS:g} FPS (its 27 M-parameter GPU model; this one: "
+                 f"{train['engine_medsegllm']['parameters']:,} parameters)",
          "value": infer["predict_volume_medsegllm"]["slices_per_s"], "measure": "medsegllm slices/s",
          "met": infer["predict_volume_medsegllm"]["slices_per_s"] >= PAPER_FPS},
     ]

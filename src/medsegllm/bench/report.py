@@ -138,7 +138,8 @@ def _train_table(t: dict) -> list[str]:
         ("our engine, unet_baseline, fp32", t["engine_unet_baseline_fp32"]),
         (f"our engine, unet_baseline, train.compile ({t['engine_unet_baseline_compiled']['precision']}; first epoch "
          f"{t['engine_unet_baseline_compiled']['warmup_s']:.0f} s with compiling)", t["engine_unet_baseline_compiled"]),
-        ("our engine, medsegllm (DAN + PDM + alignment + KL + pseudo-labels)", t["engine_medsegllm"]),
+        ("our engine, medsegllm (DAN + PDM + alignment + KL + pseudo-labels"
+         + (", train.compile)" if t["engine_medsegllm"].get("compile") else ")"), t["engine_medsegllm"]),
     ]
     lines = ["| loop | samples/s | median s per rep | runs (s) | params | vs MONAI loop |", "|---|---|---|---|---|---|"]
     for name, stats in rows:
@@ -152,53 +153,56 @@ def _train_table(t: dict) -> list[str]:
 
 
 def _train(r: dict) -> list[str]:
-    lines = ["## 2. Training step", ""]
-    for dev in r["devices"]:
-        t = dev["train"]
-        d = t["data"]
-        lines += [
-            f"### {dev['device']}", "",
-            f"Batch {t['monai_loop']['batch_size']}, ROI {d['roi']}, channels {d['channels']}; "
-            f"{d['n_series']} in-memory synthetic series of {d['series_shape']} (medsegllm: "
-            f"{int(d['medsegllm_pseudo_share'] * 100)} % pseudo-labelled; baselines: all labelled). "
-            f"Each rep is {t['monai_loop']['steps_per_rep']} steps including batch preparation; one warm-up rep "
-            "(our engine: its first epoch) excluded. The loops run one after another in one process.", "",
-            *_train_table(t), *_goals(t["goals"]), "",
-        ]
-    return lines
+    return ["## 2. Training step", "", *[line for dev in r["devices"] for line in _train_device(dev, f"### {dev['device']}")]]
+
+
+def _train_device(dev: dict, heading: str) -> list[str]:
+    t = dev["train"]
+    d = t["data"]
+    return [
+        heading, "",
+        f"Batch {t['monai_loop']['batch_size']}, ROI {d['roi']}, channels {d['channels']}; "
+        f"{d['n_series']} in-memory synthetic series of {d['series_shape']} (medsegllm: "
+        f"{int(d['medsegllm_pseudo_share'] * 100)} % pseudo-labelled; baselines: all labelled). "
+        f"Each rep is {t['monai_loop']['steps_per_rep']} steps including batch preparation; one warm-up rep "
+        "(our engine: its first epoch) excluded. The loops run one after another in one process.", "",
+        *_train_table(t), *_goals(t["goals"]), "",
+    ]
 
 
 def _inference(r: dict) -> list[str]:
-    lines = ["## 3. Inference", ""]
-    for dev in r["devices"]:
-        i = dev["inference"]
-        rows = [
-            ("plain MONAI sliding_window_inference on the baseline's UNet (same weights)", i["monai_sliding_window"], None),
-            ("predict_volume, unet_baseline, fp32", i["predict_volume_unet_baseline_fp32"],
-             ratio(i["predict_volume_unet_baseline_fp32"]["slices_per_s"], i["monai_sliding_window"]["slices_per_s"])),
-            (f"predict_volume, unet_baseline ({i['precision_auto']}, the default)", i["predict_volume_unet_baseline"], i["baseline_vs_monai"]),
-            (f"predict_volume, medsegllm ({i['precision_auto']}, the default)", i["predict_volume_medsegllm"], i["medsegllm_vs_monai"]),
-        ]
-        compiled = [name for name in ("unet_baseline", "medsegllm") if f"predict_volume_{name}_compiled" in i]
-        rows += [(f"predict_volume, {name}, compiled (`segment --compile`)", i[f"predict_volume_{name}_compiled"],
-                  ratio(i[f"predict_volume_{name}_compiled"]["slices_per_s"], i["monai_sliding_window"]["slices_per_s"]))
-                 for name in compiled]
-        lines += [
-            f"### {dev['device']}", "",
-            f"Volume {i['volume_shape']} (X, Y, Z), axial slices, ROI {i['roi']}, overlap 0.25, gaussian, "
-            "sw_batch_size 32, softmax included; contenders interleaved per repetition after one warm-up call.", "",
-            "| path | slices/s | median s | runs (s) | vs MONAI |", "|---|---|---|---|---|",
-        ]
-        for name, stats, rel in rows:
-            lines.append(f"| {name} | {_f(stats['slices_per_s'], 1)} | {_f(stats['median_s'], 4)} | {_runs(stats)} | "
-                         f"{'baseline' if rel is None else _x(rel)} |")
-        lines += ["", f"Paired (per-repetition) speed ratios vs MONAI, steadier under load: unet_baseline "
-                  f"{_x(i['paired_baseline_vs_monai'])} (fp32 {_x(i['paired_baseline_fp32_vs_monai'])}), medsegllm "
-                  f"{_x(i['paired_medsegllm_vs_monai'])}. The default precision is bf16 where the hardware runs it "
-                  f"natively (CUDA, AVX-512 BF16 CPUs); its argmax agrees with fp32 on "
-                  f"{_f(100 * i['argmax_agreement_auto_vs_fp32'], 2)} % of voxels here.",
-                  *[_compiled_note(i, name) for name in compiled], *_goals(i["goals"]), ""]
-    return lines
+    return ["## 3. Inference", "", *[line for dev in r["devices"] for line in _inference_device(dev, f"### {dev['device']}")]]
+
+
+def _inference_device(dev: dict, heading: str) -> list[str]:
+    i = dev["inference"]
+    rows = [
+        ("plain MONAI sliding_window_inference on the baseline's UNet (same weights)", i["monai_sliding_window"], None),
+        ("predict_volume, unet_baseline, fp32", i["predict_volume_unet_baseline_fp32"],
+         ratio(i["predict_volume_unet_baseline_fp32"]["slices_per_s"], i["monai_sliding_window"]["slices_per_s"])),
+        (f"predict_volume, unet_baseline ({i['precision_auto']}, the default)", i["predict_volume_unet_baseline"], i["baseline_vs_monai"]),
+        (f"predict_volume, medsegllm ({i['precision_auto']}, the default)", i["predict_volume_medsegllm"], i["medsegllm_vs_monai"]),
+    ]
+    compiled = [name for name in ("unet_baseline", "medsegllm") if f"predict_volume_{name}_compiled" in i]
+    rows += [(f"predict_volume, {name}, compiled (`segment --compile`)", i[f"predict_volume_{name}_compiled"],
+              ratio(i[f"predict_volume_{name}_compiled"]["slices_per_s"], i["monai_sliding_window"]["slices_per_s"]))
+             for name in compiled]
+    lines = [
+        heading, "",
+        f"Volume {i['volume_shape']} (X, Y, Z), axial slices, ROI {i['roi']}, overlap 0.25, gaussian, "
+        "sw_batch_size 32, softmax included; contenders interleaved per repetition after one warm-up call.", "",
+        "| path | slices/s | median s | runs (s) | vs MONAI |", "|---|---|---|---|---|",
+    ]
+    for name, stats, rel in rows:
+        lines.append(f"| {name} | {_f(stats['slices_per_s'], 1)} | {_f(stats['median_s'], 4)} | {_runs(stats)} | "
+                     f"{'baseline' if rel is None else _x(rel)} |")
+    return lines + [
+        "", f"Paired (per-repetition) speed ratios vs MONAI, steadier under load: unet_baseline "
+        f"{_x(i['paired_baseline_vs_monai'])} (fp32 {_x(i['paired_baseline_fp32_vs_monai'])}), medsegllm "
+        f"{_x(i['paired_medsegllm_vs_monai'])}. The default precision is bf16 where the hardware runs it "
+        f"natively (CUDA, AVX-512 BF16 CPUs); its argmax agrees with fp32 on "
+        f"{_f(100 * i['argmax_agreement_auto_vs_fp32'], 2)} % of voxels here.",
+        *[_compiled_note(i, name) for name in compiled], *_goals(i["goals"]), ""]
 
 
 def _compiled_note(i: dict, name: str) -> str:
@@ -224,21 +228,22 @@ def _gpu(r: dict) -> list[str]:
     if g is None:
         return lines + ["", "No GPU run recorded (`benchmarks/gpu.json`): `bash benchmarks/gpu.sh` on an H100/H200 writes "
                             "it (the ~27 M-parameter `configs/gpu.yaml`); its code path is tested on CPU only."]
-    t, i = g["train"], g["inference"]
+    peak, t = g["matmul_peak"], g["models"]["train"]
     lines += [
-        "", f"Recorded GPU run (`benchmarks/gpu.json`, `{g['params_file']}`, {t['parameters']:,} parameters) on "
-        f"{g['machine']['gpu'] or g['device']}, torch {g['machine']['torch']}:", "",
-        "| figure | value |", "|---|---|",
-        f"| measured {g['matmul_peak']['dtype']} matrix peak ({g['matmul_peak']['n']}^3) | {_f(g['matmul_peak']['tflops'], 1)} TFLOP/s |",
-        f"| training step FLOPs (torch flop counter, forward + backward) | {t['flops_per_step'] / 1e12:.3f} TFLOP |",
-        f"| training, batches already on the GPU | {_f(t['compute']['samples_per_s'], 1)} samples/s, "
-        f"{_f(t['compute']['tflops'], 1)} TFLOP/s = {_f(100 * t['utilization_compute'], 1)} % of peak |",
-        f"| training, engine incl. batch sampling | {_f(t['engine']['samples_per_s'], 1)} samples/s, "
-        f"{_f(t['engine']['tflops'], 1)} TFLOP/s = {_f(100 * t['utilization_engine'], 1)} % of peak |",
-        f"| inference {'x'.join(map(str, i['volume_shape']))} volume | {_f(i['median_s'], 2)} s, "
-        f"{_f(i['slices_per_s'], 1)} slices/s |",
+        "", f"Recorded GPU run (`benchmarks/gpu.json`, `{g['params_file']}`, "
+        f"{t['engine_medsegllm']['parameters']:,} parameters) on {g['machine']['gpu'] or g['device']}, "
+        f"torch {g['machine']['torch']}: sections 2 and 3 at that file's sizes, then each engine's FLOP/s.", "",
+        f"Measured {peak['dtype']} matrix peak ({peak['n']}^3 products): {_f(peak['tflops'], 1)} TFLOP/s.", "",
+        "| engine row | FLOPs per step (torch flop counter, forward + backward) | TFLOP/s | % of peak |",
+        "|---|---|---|---|",
+        *[f"| {name} ({f['precision']}, {'train.compile' if f['compile'] else 'eager'}) | "
+          f"{f['flops_per_step'] / 1e9:,.1f} G | {_f(f['tflops'], 1)} | {_f(100 * f['utilization'], 1)} % |"
+          for name, f in g["flops"].items()],
+        *_goals(g["goals"]), "",
     ]
-    return lines + _goals(g["goals"])
+    where = f"on {g['device']}, `{g['params_file']}`'s network and sizes"
+    return (lines + _train_device(g["models"], f"### Training step {where}")
+            + _inference_device(g["models"], f"### Inference {where}"))
 
 
 def _pipeline(r: dict) -> list[str]:

@@ -134,6 +134,11 @@ def routes_parameters(model: nn.Module) -> bool:
     return any(isinstance(m, DomainAwareNorm) and m.weight is None for m in model.modules())
 
 
+def is_compiled(step: nn.Module) -> bool:
+    """Whether a `training_step` runs a compiled forward (DDP keeps the step as its `.module`)."""
+    return getattr(step, "module", step).outputs is not None
+
+
 def training_step(
     model: nn.Module,
     loss_fn: Callable[..., dict[str, torch.Tensor]],

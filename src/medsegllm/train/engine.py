@@ -147,7 +147,8 @@ def train_model(
     `train.precision` picks the compute precision (`resolve_precision`); the optimizer state and the
     weights stay fp32.
 
-    Returns the last epoch's log row plus `steps`, `precision` and `step_seconds` (mean wall time per step).
+    Returns the last epoch's log row plus `steps`, `precision`, `compiled` (whether `train.compile` took
+    effect: it trains eagerly where inductor cannot run) and `step_seconds` (mean wall time per step).
     """
     train = params.train
     out_dir = Path(out_dir)
@@ -248,4 +249,4 @@ def train_model(
     model.to(memory_format=torch.contiguous_format)
     steps_run = (train.epochs - start_epoch) * train.steps_per_epoch
     return {**rows[-1], "steps": len(rows) * train.steps_per_epoch, "precision": precision,
-            "step_seconds": loop_seconds / steps_run if steps_run else None}
+            "compiled": distributed.is_compiled(step), "step_seconds": loop_seconds / steps_run if steps_run else None}
