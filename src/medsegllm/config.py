@@ -210,6 +210,15 @@ class PostprocessParams(_Section):
     lesions_in_organs: bool = Field(True, description="drop lesion components that touch no organ a lesion subtype occurs in")
 
 
+class InferenceParams(_Section):
+    """How the model predicts wherever it segments (validation, `segment`, the pseudo-label teachers); the model carries it."""
+
+    mirror: bool = Field(
+        True, description="test-time mirroring (nnU-Net's): the mean softmax of the volume and its x, y and x+y mirror "
+        "images, the flips training augments with; 4x the inference time"
+    )
+
+
 class TrainParams(_Section):
     variant: Literal["medsegllm", "unet_baseline"] = "medsegllm"
     backbone: Literal["unet", "segresnet", "swinunetr"] = Field(
@@ -243,6 +252,7 @@ class TrainParams(_Section):
     dan: DANParams = DANParams()
     pdm: PDMParams = PDMParams()
     postprocess: PostprocessParams = PostprocessParams()
+    inference: InferenceParams = InferenceParams()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default")
     compile: bool = Field(

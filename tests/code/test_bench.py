@@ -38,7 +38,7 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path, monkeypatch) -> Non
     assert compiled_train["compile"] and compiled_train["warmup_s"] > compiled_train["median_s"]  # its first epoch compiled
     assert "train.compile" in cpu["train"]["goals"][0]["measure"]
     for key in ("monai_sliding_window", "predict_volume_unet_baseline", "predict_volume_medsegllm",
-                "predict_volume_unet_baseline_compiled", "predict_volume_medsegllm_compiled"):
+                "predict_volume_unet_baseline_compiled", "predict_volume_medsegllm_compiled", "predict_volume_medsegllm_mirror"):
         assert cpu["inference"][key]["slices_per_s"] > 0
     compiled = cpu["inference"]
     assert compiled["not_compiled"] == {"medsegllm": None, "unet_baseline": None}
@@ -47,6 +47,7 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path, monkeypatch) -> Non
     assert all(compiled["compile_s"][n] > 0 and compiled["compiled_max_abs_diff"][n] < tolerance for n in ("medsegllm", "unet_baseline"))
     assert results["demo"] is None
     text = out_md.read_text()
+    assert "with test-time mirroring" in text
     for section in SECTIONS:
         assert section in text
     assert "No complete demo run found" in text

@@ -180,6 +180,8 @@ def test_3d_baselines_predict_volumes(prompts) -> None:
     for train in (UNET_3D, SWIN_3D):
         model = build_model(tiny_params(**train, variant="unet_baseline").train, ["a"], *prompts)
         assert predict_volume(model, volume, "a", batch_size=1).shape == (4, 20, 24, 5)
+        mirrored = predict_volume(model, volume, "a", batch_size=1, mirror=True)  # volumes mirror in x and y too
+        assert mirrored.shape == (4, 20, 24, 5) and np.allclose(mirrored.sum(axis=0), 1.0, atol=1e-5)
 
 
 def test_3d_pseudolabel_train_validate_segment(stage_dirs, tmp_path) -> None:

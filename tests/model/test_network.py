@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medsegllm.model.inference import bottleneck_features, predict_volume
+from medsegllm.model.inference import MIRROR_AXES, bottleneck_features, predict_volume
 from medsegllm.model.network import build_model
 from tests.model.synthetic import tiny_params
 
@@ -45,6 +45,22 @@ def test_inference_shapes_for_both_variants(prompts) -> None:
         assert np.allclose(probs.sum(axis=0), 1.0, atol=1e-5)
         feats = bottleneck_features(model, volume, "a")
         assert feats.shape == (3, 32)
+
+
+def test_mirrored_inference_is_flip_equivariant(prompts) -> None:
+    """Test-time mirroring averages over the flips training augments with, each mapped back: mirroring the input
+    then mirrors the output, which the network alone does not do; the probabilities stay a distribution."""
+    volume = np.random.default_rng(2).random((40, 36, 3), dtype=np.float32)
+    model = build_model(tiny_params().train, ["a"], *prompts)
+    plain = predict_volume(model, volume, "a", precision="fp32")
+    mirrored = predict_volume(model, volume, "a", precision="fp32", mirror=True)
+    assert np.allclose(mirrored.sum(axis=0), 1.0, atol=1e-5) and not np.allclose(mirrored, plain, atol=1e-3)
+    for axes in MIRROR_AXES:
+        out_axes = tuple(a + 1 for a in axes)  # (C, X, Y, Z) output
+        flipped = np.ascontiguousarray(np.flip(volume, axes))
+        assert not np.allclose(predict_volume(model, flipped, "a", precision="fp32"), np.flip(plain, out_axes), atol=1e-3)
+        assert np.allclose(predict_volume(model, flipped, "a", precision="fp32", mirror=True), np.flip(mirrored, out_axes),
+                           atol=1e-5)
 
 
 def test_backbone_norm_choice_and_dan_needs_batch_norm(prompts) -> None:

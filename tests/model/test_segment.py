@@ -140,8 +140,11 @@ def test_forced_labels_bad_files_and_empty_series(checkpoint: Path, tmp_path: Pa
     (data / "broken" / "x.dcm").parent.mkdir()
     (data / "broken" / "x.dcm").write_bytes(first[: len(first) // 2])  # same series, truncated pixels
 
-    def lesion_in_liver_on_middle_slice(model, volume, device_id):
+    mirrored: list[bool] = []
+
+    def lesion_in_liver_on_middle_slice(model, volume, device_id, mirror):
         """Liver on the middle slice with a lesion inside it: big enough and in an organ, so post-processing keeps it."""
+        mirrored.append(mirror)
         probs = np.zeros((len(SEG_CLASSES), *volume.shape), dtype=np.float32)
         probs[0] = 1.0
         z, (nx, ny) = volume.shape[2] // 2, volume.shape[:2]
@@ -159,9 +162,10 @@ def test_forced_labels_bad_files_and_empty_series(checkpoint: Path, tmp_path: Pa
     summary = run_segment(str(checkpoint), REAL_CT, tmp_path / "forced", Params(), SALT)
     row = summary["series"][0]
     assert row["segments"] == ["liver", "lesion"] and row["n_frames"] >= 2
+    assert mirrored == [True]  # the model's train.inference.mirror (default on) reaches its prediction
     _check_outputs(summary, REAL_CT, tmp_path / "forced")
 
-    monkeypatch.setattr(segment_run, "predict_volume", lambda m, v, d: np.stack([np.ones_like(v), *[np.zeros_like(v)] * 3]))
+    monkeypatch.setattr(segment_run, "predict_volume", lambda m, v, d, mirror: np.stack([np.ones_like(v), *[np.zeros_like(v)] * 3]))
     summary = run_segment(str(checkpoint), REAL_CT, tmp_path / "empty", Params(), SALT)
     assert summary["n_no_foreground"] == 1 and summary["n_seg"] == 0
     assert not list((tmp_path / "empty").glob("*.seg.dcm"))
@@ -303,7 +307,7 @@ def test_enhanced_multiframe_source_gets_a_seg_on_its_frames(checkpoint: Path, c
     for n, ds in enumerate(classic):
         ds.save_as(tmp_path / "classic" / f"{n}.dcm")
 
-    def liver_on_two_slices(model, volume, device_id):  # two, so the SEG has several frames at any slice thickness
+    def liver_on_two_slices(model, volume, device_id, mirror):  # two, so the SEG has several frames at any slice thickness
         probs = np.zeros((len(SEG_CLASSES), *volume.shape), dtype=np.float32)
         probs[0] = 1.0
         z = volume.shape[2] // 3
@@ -354,7 +358,7 @@ def _two_echo_object(cohort: Path) -> tuple[pydicom.Dataset, list[pydicom.Datase
     return enhanced, frames
 
 
-def _liver_on_one_slice(model, volume, device_id):
+def _liver_on_one_slice(model, volume, device_id, mirror):
     probs = np.zeros((len(SEG_CLASSES), *volume.shape), dtype=np.float32)
     probs[0] = 1.0
     probs[SEG_CLASSES.index("liver"), 10:30, 15:40, volume.shape[2] // 3] = 2.0

@@ -255,6 +255,7 @@ def bench_inference(models: dict[str, nn.Module], shape: tuple[int, int, int], r
             compile_s[name] = time.perf_counter() - start
     contenders = {
         "predict_volume_medsegllm": lambda: predict_volume(ours, volume, device_id),
+        "predict_volume_medsegllm_mirror": lambda: predict_volume(ours, volume, device_id, mirror=True),
         "predict_volume_unet_baseline": lambda: predict_volume(baseline, volume, device_id),
         "predict_volume_unet_baseline_fp32": lambda: predict_volume(baseline, volume, device_id, precision="fp32"),
         "monai_sliding_window": lambda: _plain_sliding_window(baseline.backbone, volume, roi, dev),

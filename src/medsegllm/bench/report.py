@@ -183,6 +183,10 @@ def _inference_device(dev: dict, heading: str) -> list[str]:
         (f"predict_volume, unet_baseline ({i['precision_auto']}, the default)", i["predict_volume_unet_baseline"], i["baseline_vs_monai"]),
         (f"predict_volume, medsegllm ({i['precision_auto']}, the default)", i["predict_volume_medsegllm"], i["medsegllm_vs_monai"]),
     ]
+    if "predict_volume_medsegllm_mirror" in i:
+        rows.append(("predict_volume, medsegllm, with test-time mirroring (train.inference.mirror, what validation and "
+                     "`segment` run)", i["predict_volume_medsegllm_mirror"],
+                     ratio(i["predict_volume_medsegllm_mirror"]["slices_per_s"], i["monai_sliding_window"]["slices_per_s"])))
     compiled = [name for name in ("unet_baseline", "medsegllm") if f"predict_volume_{name}_compiled" in i]
     rows += [(f"predict_volume, {name}, compiled (`segment --compile`)", i[f"predict_volume_{name}_compiled"],
               ratio(i[f"predict_volume_{name}_compiled"]["slices_per_s"], i["monai_sliding_window"]["slices_per_s"]))

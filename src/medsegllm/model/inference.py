@@ -44,16 +44,31 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
     return contextlib.nullcontext()
 
 
+MIRROR_AXES = ((0,), (1,), (0, 1))  # the in-plane flips `train.data.sample_batch` augments with
+
+
 def predict_volume(model: nn.Module, volume: np.ndarray, device_id: str, batch_size: int = 32,
-                   precision: str = "auto") -> np.ndarray:
+                   precision: str = "auto", mirror: bool = False) -> np.ndarray:
     """Softmax probabilities (C,X,Y,Z) from sliding-window inference over axial slices (2D model)
     or over the volume (3D model).
 
     `batch_size` is slices per call and windows per forward (2D), or windows per forward (3D).
     A device not seen in training is routed through DAN's shared path; the baseline ignores it. A model
     compiled by `compile_for_inference` gets every window batch padded to its one compiled size.
-    Windows are blended in fp32 whatever the compute precision.
+    Windows are blended in fp32 whatever the compute precision. With `mirror` (the model's
+    `train.inference.mirror`), the probabilities are the mean over the volume and its mirror images
+    along x, y and both, each mapped back (test-time mirroring, as nnU-Net does).
     """
+    probs = _predict(model, volume, device_id, batch_size, precision)
+    if mirror:
+        for axes in MIRROR_AXES:
+            flipped = _predict(model, np.flip(volume, axes), device_id, batch_size, precision)
+            probs += np.flip(flipped, tuple(a + 1 for a in axes))
+        probs /= len(MIRROR_AXES) + 1
+    return probs
+
+
+def _predict(model: nn.Module, volume: np.ndarray, device_id: str, batch_size: int, precision: str) -> np.ndarray:
     model.eval()
     device = next(model.parameters()).device
 

@@ -71,7 +71,7 @@ def run_pseudolabel(
     for row in rows[~rows["has_label"].astype(bool)].itertuples(index=False):
         volume, affine = load_nifti(ingest_dir / row.volume_path)
         image = np.asarray(volume, dtype=np.float32)
-        probs = predict_volume(teacher, image, row.device_id)
+        probs = predict_volume(teacher, image, row.device_id, mirror=teacher.train_params.inference.mirror)
         lesions, tumour = report_lesions(findings, row.accession_id)
         mask, confidence, weight = pseudo_label_series(probs, image, affine, lesions, tumour, params.pseudolabel)
         mask_rel, conf_rel = f"masks/{row.series_id}.nii.gz", f"confidence/{row.series_id}.nii.gz"

@@ -77,7 +77,7 @@ def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str,
     if first.modality == "MR":  # the training data's MR standardization (the model's metadata)
         harmonized = apply_map(harmonized, series_map(mr_standardization, device, harmonized))
     predict_start = time.perf_counter()
-    probs = predict_volume(model, harmonized, device)
+    probs = predict_volume(model, harmonized, device, mirror=model.train_params.inference.mirror)
     predict_seconds = time.perf_counter() - predict_start
     label = to_source_grid(label_map(probs, tuple(spacing_of(affine)), model.train_params.postprocess), affine,
                            volume.array.shape, volume.affine)

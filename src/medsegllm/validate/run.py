@@ -258,7 +258,7 @@ def run_validate(
             if row.series_id not in references:
                 continue
             ref = _load_reference(references[row.series_id], from_truth, params)
-            probs = predict_volume(model, volume, row.device_id)
+            probs = predict_volume(model, volume, row.device_id, mirror=model.train_params.inference.mirror)
             result = evaluate_series(probs, ref, tuple(row.spacing), lesion_class, model.train_params.postprocess)
             slices[row.series_id] = _case_slice(volume, ref, result["pred"], lesion_class)
             ids = {"series_id": row.series_id, "study_id": getattr(row, "study_id", None) or row.series_id,
