@@ -228,6 +228,8 @@ def test_paper_table_on_a_tiny_cohort_with_two_seeds(tmp_path: Path, monkeypatch
 
     text = "\n".join(_paper_table({"table": table}))
     assert "2 seeds: 5, 6" in text and "| TransUNet 0.88 (mapped to SwinUNETR) |" in text
+    assert table["inference_mirror"] is params.train.inference.mirror
+    assert ("Every row predicts with test-time mirroring" in text) is params.train.inference.mirror
     assert "| U-Net 0.85 |" in text and "| MedSegLLM 0.91 |" in text
     s = unet["summary"]["dice"]
     assert f"| {unet['name']} | 2 | {s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] |" in text

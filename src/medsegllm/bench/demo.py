@@ -219,6 +219,7 @@ def run_paper_table(data_dir: Path, params, salt: str, work: Path, seeds: list[i
     runs, stages, measured = train_rows(data_dir, params, salt, work, plan(seeds, extra_seeds))
     table = summarize_table(runs, stages, seeds)
     table["seconds_by_job"] = measured
+    table["inference_mirror"] = params.train.inference.mirror  # how every row's validation predicted
     return table
 
 

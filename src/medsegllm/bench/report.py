@@ -357,7 +357,11 @@ def _paper_table(d: dict) -> list[str]:
         "cohort: they stand beside ours, they are not reproduced by this run. Dice overall is the mean of the "
         "liver, kidney and lesion Dice over the validation series, a series' lesion Dice counting only where its "
         "reference or its prediction has a lesion: a false-positive lesion in a lesion-free series adds a lesion "
-        "Dice of 0 to the mean, so the liver and kidney columns show organ quality apart from lesion errors.", "",
+        "Dice of 0 to the mean, so the liver and kidney columns show organ quality apart from lesion errors."
+        + {True: " Every row predicts with test-time mirroring (`train.inference.mirror`: the mean softmax of the volume "
+                 "and its x, y and x+y mirror images), its pseudo-label teachers too.",
+           False: " No row predicts with test-time mirroring (`train.inference.mirror` off)."}.get(t.get("inference_mirror"), ""),
+        "",
         "| model | seeds | " + " | ".join(name for _, name in TABLE_COLUMNS) + " | paper Dice |",
         "|---|---|" + "---|" * (len(TABLE_COLUMNS) + 1),
     ]
