@@ -160,6 +160,7 @@ def test_3d_backbone_trains_and_segments_whole_volumes(train, n_features, stage_
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = train_model(model, samples, params, tmp_path)
     assert np.isfinite(result["loss"]) and any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not [k for k, v in model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
     calls = []
     real = inference.sliding_window_inference
     monkeypatch.setattr(inference, "sliding_window_inference",

@@ -112,3 +112,46 @@ def test_amplitude_mixing_changes_the_medsegllm_batches_only(stage_dirs, tmp_pat
                     params, tmp_path / variant)
         assert calls == ([1.0, 1.0] if variant == "medsegllm" else [])  # epoch 1 has p = 0; epoch 2, p = p_max
         calls.clear()
+
+
+def _poison_steps(monkeypatch, poisoned: set[int]) -> list[float]:
+    """Make the loss (and so every gradient) NaN on the given 1-based steps; returns each step's clean loss."""
+    from medsegllm.train import engine
+
+    clean, real = [], engine.compute_losses
+
+    def losses(*args, **kwargs):
+        out = real(*args, **kwargs)
+        clean.append(float(out["loss"].detach()))
+        if len(clean) in poisoned:
+            out = {**out, "loss": out["loss"] * float("nan")}
+        return out
+
+    monkeypatch.setattr(engine, "compute_losses", losses)
+    return clean
+
+
+def test_a_step_with_nonfinite_gradients_is_skipped_and_counted(stage_dirs, tmp_path, monkeypatch) -> None:
+    params = tiny_params(channels=[4, 8], epochs=1, steps_per_epoch=3)
+    samples = build_samples(stage_dirs["ingest"], stage_dirs["findings"], None, params)
+    torch.manual_seed(0)
+    model = build_model(params.train, samples.device_ids, *load_prompts(stage_dirs["findings"]))
+    clean = _poison_steps(monkeypatch, {2})
+    result = train_model(model, samples, params, tmp_path)
+    assert result["skipped_steps"] == 1 and np.isclose(result["loss"], (clean[0] + clean[2]) / 2)  # mean of the steps taken
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["optimizer"]["state"]
+    assert max(float(s["step"]) for s in state.values()) == 2.0  # AdamW counted only the updates it made
+    assert pd.read_csv(tmp_path / "train_log.csv")["skipped_steps"].tolist() == [1]
+
+
+def test_an_epoch_without_one_finite_step_stops_training_unchanged(stage_dirs, tmp_path, monkeypatch) -> None:
+    params = tiny_params(channels=[4, 8], epochs=1, steps_per_epoch=2)
+    samples = build_samples(stage_dirs["ingest"], stage_dirs["findings"], None, params)
+    torch.manual_seed(0)
+    model = build_model(params.train, samples.device_ids, *load_prompts(stage_dirs["findings"]))
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    _poison_steps(monkeypatch, {1, 2})
+    with pytest.raises(RuntimeError, match="epoch 1: every step's gradients held NaN/inf"):
+        train_model(model, samples, params, tmp_path)
+    assert all(torch.equal(before[k], v) for k, v in model.named_parameters())  # (norm statistics move in the forward)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from medsegllm.train.refresh import PseudoRefresh
 
 LOSS_KEYS = ("loss", "loss_seg", "loss_pseudo", "loss_align", "loss_kl")
-LOG_COLUMNS = ("epoch", *LOSS_KEYS, "pdm_p", "lr", "seconds")
+LOG_COLUMNS = ("epoch", *LOSS_KEYS, "skipped_steps", "pdm_p", "lr", "seconds")
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -43,6 +43,19 @@ def resolve_precision(choice: str, device: torch.device) -> str:
     if choice == "auto":
         return "bf16" if bf16_supported(device) else "fp32"
     return choice
+
+
+def flag_nonfinite_step(optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """Make the next `optimizer.step()` a no-op if any gradient holds NaN/inf; returns the 0-d flag.
+
+    A bad batch (a NaN from an overflow, a degenerate crop) then costs one step instead of the run:
+    AdamW's fused kernel reads `optimizer.found_inf` (the contract torch's GradScaler uses) and skips
+    the update and its step count on the device, so there is no host sync per step.
+    """
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(grads, foreach=True)
+    optimizer.found_inf = (~torch.isfinite(total)).float()
+    return optimizer.found_inf
 
 
 def _study_means(emb: torch.Tensor, text: torch.Tensor, study: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,6 +213,7 @@ def train_model(
         model.train()
         # losses stay on the device until the epoch ends: no host sync per step
         sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64, device=device)
+        skipped = torch.zeros((), device=device)
         for _ in range(train.steps_per_epoch):
             batch = sample_batch(
                 samples, train.batch_size, tuple(train.roi_size), train.lesion_oversample, rng, train.intensity_aug,
@@ -215,17 +229,25 @@ def train_model(
                 losses = step(batch)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
+            found_inf = flag_nonfinite_step(optimizer)  # the same on every rank: DDP reduced the gradients
             optimizer.step()
             scheduler.step()
             if refresh is not None:
                 refresh.update(model)
-            sums += torch.stack([losses[k].detach() for k in LOSS_KEYS]).double()
+            skipped += found_inf
+            step_losses = torch.stack([losses[k].detach() for k in LOSS_KEYS]).double()
+            sums += torch.where(found_inf.bool(), 0.0, step_losses)  # the epoch's means cover the steps taken
             bar.update(1)
+        n_skipped = int(skipped.item())
+        taken = train.steps_per_epoch - n_skipped
+        if taken == 0:
+            raise RuntimeError(f"epoch {epoch + 1}: every step's gradients held NaN/inf, so training diverged; "
+                               "lower train.lr or train with train.precision: fp32")
         sums = dict(zip(LOSS_KEYS, sums.tolist()))
         loop_seconds += time.perf_counter() - t0
-        bar.set_postfix(loss=f"{sums['loss'] / train.steps_per_epoch:.3f}")
+        bar.set_postfix(loss=f"{sums['loss'] / taken:.3f}")
         sums = distributed.average(sums, ranks)  # the epoch's losses over every rank's batches
-        row = {"epoch": epoch + 1, **{k: v / train.steps_per_epoch for k, v in sums.items()}, "pdm_p": p,
+        row = {"epoch": epoch + 1, **{k: v / taken for k, v in sums.items()}, "skipped_steps": n_skipped, "pdm_p": p,
                "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t0}
         rows.append(row)
         if refresh is not None:
