@@ -11,6 +11,7 @@ import pytest
 from medsegllm.bench import model as bench_model
 from medsegllm.bench.report import SECTIONS, render
 from medsegllm.bench.run import main
+from medsegllm.config import Params
 from tests.conftest import ROOT
 
 
@@ -296,5 +297,5 @@ def test_engine_bench_says_when_compile_fell_back(monkeypatch) -> None:
     # blocked where the engine decides: the bench reports the engine's own decision (train_model's `compiled`)
     monkeypatch.setattr(distributed, "compile_blocker", lambda device: "no C++ compiler for inductor (test)")
     samples = bench_model.synthetic_samples(2, (40, 40, 4), n_devices=2, pseudo_share=0.0)
-    stats, _ = bench_model.bench_engine("unet_baseline", samples, 4, 1, 1, "cpu", [8, 16], compile=True)
+    stats, _ = bench_model.bench_engine("unet_baseline", samples, 4, 1, 1, "cpu", [8, 16], compile=True, base=Params())
     assert stats["compile"] is False  # the row trained eagerly, and says so

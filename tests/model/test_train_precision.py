@@ -29,7 +29,7 @@ def test_precision_is_validated() -> None:
 
 def _train(tmp_path, precision: str) -> tuple[list[dict], dict, torch.nn.Module]:
     samples = synthetic_samples(2, (40, 40, 6), n_devices=2, pseudo_share=0.0)
-    params = bench_params("unet_baseline", 4, 3, 2, "cpu", [4, 8], precision)
+    params = bench_params("unet_baseline", 4, 3, 2, "cpu", [4, 8], precision, base=Params())
     params.train.roi_size = (32, 32)
     torch.manual_seed(0)
     model = build_model(params.train, samples.device_ids, *prompts())

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from medsegllm.bench.model import bench_models, bench_params, prompts, synthetic_samples
+from medsegllm.bench.model import bench_cohort, bench_models, bench_params, prompts
 from medsegllm.bench.timing import machine_info, sync, timed
 from medsegllm.common.io import write_json
 from medsegllm.config import Params, load_params
@@ -80,15 +80,15 @@ def run_gpu_bench(params: Params, matmul_n: int, train_shape: tuple[int, int, in
     peak = matmul_peak_tflops(device, matmul_n, reps=10)
     train = params.train
     print("[bench.gpu] training and inference, ours vs plain MONAI", file=sys.stderr)
-    models = bench_models(train_shape, n_series, train.batch_size, train_steps, reps, infer_shape, infer_reps,
-                          str(device), list(train.channels), base=params)
+    cohort = bench_cohort(n_series, train_shape)
+    models = bench_models(cohort, train.batch_size, train_steps, reps, infer_shape, infer_reps, str(device),
+                          list(train.channels), base=params)
     print("[bench.gpu] FLOPs per training step", file=sys.stderr)
     rated = {}
     for variant, row in RATED_ROWS.items():
-        samples = synthetic_samples(n_series, train_shape, n_devices=4, pseudo_share=0.75 if variant == "medsegllm" else 0.0)
         engine = models["train"][row]
         flops = step_flops(bench_params(variant, train.batch_size, train_steps, 1, str(device), list(train.channels),
-                                        base=params), samples, device)
+                                        base=params), cohort[variant], device)
         tflops = flops * engine["samples_per_s"] / engine["batch_size"] / 1e12
         rated[variant] = {"row": row, "compile": engine["compile"], "precision": engine["precision"],
                           "flops_per_step": flops, "tflops": tflops, "utilization": tflops / peak["tflops"]}

@@ -33,13 +33,13 @@ from medsegllm.train.data import SeriesData, TrainSamples
 from medsegllm.train.engine import train_model
 
 TEXT_DIM = 384  # the sentence encoder's width; prompts and report embeddings live there
+METHOD_PSEUDO_SHARE = 0.75  # the method's bench series that carry pseudo-labels, as most of the cohort does
 PAPER_FPS = 6.0  # the paper's headline inference speed (27 M-parameter GPU model)
 
 
 def bench_params(variant: str, batch_size: int, steps: int, epochs: int, device: str, channels: list[int],
-                 precision: str = "auto", compile: bool = False, base: Params | None = None) -> Params:
-    """`base` (project defaults) with the benchmark's variant, sizes, device, precision and compile."""
-    base = base or Params()
+                 precision: str = "auto", compile: bool = False, *, base: Params) -> Params:
+    """`base` (a params file) with the benchmark's variant, sizes, device, precision and compile."""
     train = base.train.model_copy(update={"variant": variant, "batch_size": batch_size, "steps_per_epoch": steps,
                                           "epochs": epochs, "device": device, "channels": list(channels),
                                           "precision": precision, "compile": compile})
@@ -91,7 +91,7 @@ def prompts(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def bench_engine(variant: str, samples: TrainSamples, batch_size: int, steps: int, reps: int, device: str,
                  channels: list[int], precision: str = "auto", compile: bool = False,
-                 after_epoch: Callable[[], None] | None = None, base: Params | None = None) -> tuple[dict, nn.Module]:
+                 after_epoch: Callable[[], None] | None = None, *, base: Params) -> tuple[dict, nn.Module]:
     """`train_model` for 1 + reps epochs of `steps` steps; epoch 1 is the warm-up and is not counted.
 
     Epoch seconds cover batch sampling, forward, all losses, backward and the optimizer step,
@@ -100,7 +100,7 @@ def bench_engine(variant: str, samples: TrainSamples, batch_size: int, steps: in
     the warm-up epoch carries the compiling: `warmup_s` is its seconds; `compile` in the result says
     whether it compiled (the engine trains eagerly where inductor cannot run).
     """
-    params = bench_params(variant, batch_size, steps, 1 + reps, device, channels, precision, compile, base)
+    params = bench_params(variant, batch_size, steps, 1 + reps, device, channels, precision, compile, base=base)
     class_prompts, subtype_prompts = prompts()
     model = build_model(params.train, samples.device_ids, class_prompts, subtype_prompts)
     rows: list[dict] = []
@@ -186,7 +186,7 @@ def _loop_stats(times: list[float], steps: int, batch_size: int, net: nn.Module)
 
 def _paired_engine(variant: str, samples: TrainSamples, batch_size: int, steps: int, reps: int, device: str,
                    channels: list[int], precision: str, monai_chunk: Callable[[], None],
-                   compile: bool = False, base: Params | None = None) -> tuple[dict, nn.Module, list[float]]:
+                   compile: bool = False, *, base: Params) -> tuple[dict, nn.Module, list[float]]:
     """Our engine with a MONAI chunk timed after each of its epochs: (engine stats, model, MONAI seconds
     paired with the engine's timed epochs). The chunk after the warm-up epoch is the MONAI loop's warm-up."""
     monai_times: list[float] = []
@@ -195,13 +195,13 @@ def _paired_engine(variant: str, samples: TrainSamples, batch_size: int, steps: 
     return stats, model, monai_times[1:]
 
 
-def bench_train(samples: TrainSamples, labelled: TrainSamples, roi: tuple[int, int], batch_size: int, steps: int,
-                reps: int, device: str, channels: list[int], base: Params | None = None) -> tuple[dict, dict[str, nn.Module]]:
+def bench_train(cohort: dict[str, TrainSamples], roi: tuple[int, int], batch_size: int, steps: int, reps: int,
+                device: str, channels: list[int], base: Params) -> tuple[dict, dict[str, nn.Module]]:
     """Our engine on unet_baseline (default precision, fp32, then compiled in the default precision, from a
     cold inductor cache) with the plain MONAI loop interleaved per epoch, then the medsegllm variant
     (compiled as `base.train.compile` says); the baselines train on labelled slices only. `base`: the
-    params file whose other settings every run keeps (project defaults)."""
-    base = base or Params()
+    params file whose other settings every run keeps; `cohort`: `bench_cohort`'s series per variant."""
+    samples, labelled = cohort["medsegllm"], cohort["unet_baseline"]
     chunk, net = monai_loop(labelled, roi, batch_size, steps, base.train.lr, device, channels)
     baseline, baseline_model, monai_times = _paired_engine("unet_baseline", labelled, batch_size, steps, reps, device,
                                                            channels, "auto", chunk, base=base)
@@ -313,19 +313,26 @@ def break_even_slices(compile_s: float, eager_slices_per_s: float, compiled_slic
     return compile_s / saved_per_slice if saved_per_slice > 0 else None
 
 
-def bench_models(train_shape: tuple[int, int, int], n_series: int, batch_size: int, steps: int, reps: int,
+def bench_cohort(n_series: int, shape: tuple[int, int, int]) -> dict[str, TrainSamples]:
+    """The synthetic series each variant's engine rows train on: the method's, `METHOD_PSEUDO_SHARE`
+    of them pseudo-labelled, and the baselines', all labelled."""
+    return {"medsegllm": synthetic_samples(n_series, shape, n_devices=4, pseudo_share=METHOD_PSEUDO_SHARE),
+            "unet_baseline": synthetic_samples(n_series, shape, n_devices=4, pseudo_share=0.0)}
+
+
+def bench_models(cohort: dict[str, TrainSamples], batch_size: int, steps: int, reps: int,
                  infer_shape: tuple[int, int, int], infer_reps: int, device: str, channels: list[int],
                  base: Params | None = None) -> dict:
-    """Training then inference on one device; the trained models are reused for inference. `base`: the
-    params file the runs start from (project defaults; `bench.gpu` passes configs/gpu.yaml)."""
+    """Training on `bench_cohort`'s series, then inference on one device; the trained models are reused
+    for inference. `base`: the params file the runs start from (project defaults; `bench.gpu` passes
+    configs/gpu.yaml)."""
     base = base or Params()
-    samples = synthetic_samples(n_series, train_shape, n_devices=4, pseudo_share=0.75)
-    labelled = synthetic_samples(n_series, train_shape, n_devices=4, pseudo_share=0.0)
     roi = tuple(base.train.roi_size)
-    train, models = bench_train(samples, labelled, roi, batch_size, steps, reps, device, channels, base)
+    train, models = bench_train(cohort, roi, batch_size, steps, reps, device, channels, base)
     infer = bench_inference(models, infer_shape, infer_reps, device)
-    train["data"] = {"n_series": n_series, "series_shape": list(train_shape), "roi": list(roi),
-                     "medsegllm_pseudo_share": 0.75, "channels": list(channels)}
+    method = cohort["medsegllm"]
+    train["data"] = {"n_series": len(method.series), "series_shape": list(method.series[0].image.shape), "roi": list(roi),
+                     "medsegllm_pseudo_share": METHOD_PSEUDO_SHARE, "channels": list(channels)}
     speedup = 1.5 if device == "cpu" else 2.5  # issue #7: engine vs a plain fp32 eager MONAI loop
     compiled = train["engine_unet_baseline_compiled"]
     train["goals"] = [

@@ -17,7 +17,7 @@ import torch
 
 from medsegllm.bench.demo import read_demo, run_paper_table
 from medsegllm.bench.ingest import bench_ingest
-from medsegllm.bench.model import bench_models
+from medsegllm.bench.model import bench_cohort, bench_models
 from medsegllm.bench.pipeline import bench_pipeline
 from medsegllm.bench.report import render
 from medsegllm.bench.reports import bench_reports
@@ -130,8 +130,8 @@ def measure_models(args: argparse.Namespace) -> list[dict]:
     results = []
     for device in devices():
         print(f"[bench] training + inference on {device}", file=sys.stderr)
-        results.append(bench_models(tuple(args.train_shape), args.train_series, args.batch_size, args.train_steps,
-                                    args.reps, tuple(args.infer_shape), args.infer_reps, device, channels))
+        results.append(bench_models(bench_cohort(args.train_series, tuple(args.train_shape)), args.batch_size,
+                                    args.train_steps, args.reps, tuple(args.infer_shape), args.infer_reps, device, channels))
     return results
 
 
