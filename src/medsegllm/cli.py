@@ -35,6 +35,10 @@ TruthOpt = Annotated[
     Optional[Path],
     typer.Option("--truth", help="Hidden ground truth of a synthetic cohort (cohort/truth): evaluation only."),
 ]
+MirrorOpt = Annotated[
+    Optional[bool],
+    typer.Option("--mirror/--no-mirror", help="Test-time mirroring (mean over x, y and x+y flips); default: the model's train.inference.mirror."),
+]
 
 
 @app.callback()
@@ -237,11 +241,14 @@ def validate(
     pseudolabels: Annotated[Optional[Path], typer.Option("--pseudolabels", help="For pseudo-label quality in the report.")] = None,
     train_dir: Annotated[Optional[Path], typer.Option("--train-dir", help="For the training curve in the report.")] = None,
     reference_checkpoint: Annotated[Optional[Path], typer.Option("--reference-checkpoint", help="model.pt of the same network trained with train.dan.enabled=false and train.pdm.enabled=false: its feature JS is reported as js_features_without_dan_pdm.")] = None,
+    mirror: MirrorOpt = None,
 ) -> None:
     """Dice/HD95 per device and modality, cross-device JS divergence, model gates; exits 1 when a gate fails."""
     from medsegllm.validate.run import GateFailed, run_validate
 
     params = _params(params_file)
+    if mirror is not None:
+        params = params.model_copy(update={"validation": params.validation.model_copy(update={"mirror": mirror})})
     try:
         result = run_validate(model, ingested, out, params, truth_dir=truth,
                               pseudo_dir=pseudolabels, train_dir=train_dir,
@@ -272,6 +279,7 @@ def segment(
     out: OutOpt,
     params_file: ParamsOpt = Path("params.yaml"),
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the network first (10-40 s once on CPU): pays off on folders with many series.")] = False,
+    mirror: MirrorOpt = None,
 ) -> None:
     """Segment new DICOM series: one DICOM SEG and one NIfTI label map per series, plus segment_summary.json."""
     from medsegllm.segment.run import run_segment
@@ -281,7 +289,7 @@ def segment(
     if not input.is_dir():
         _fail(f"--input {input} is not a folder")
     try:
-        result = run_segment(model, input, out, params, _salt(params), compile=compile)
+        result = run_segment(model, input, out, params, _salt(params), compile=compile, mirror=mirror)
     except ModelUnavailable as exc:
         _fail(str(exc))
     _print(result)

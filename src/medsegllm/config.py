@@ -310,6 +310,10 @@ class ValidateParams(_Section):
         default_factory=lambda: [0.0, 10.0, 20.0, 30.0],
         description="lower edges of the lesion-size bins (equivalent-sphere diameter, mm) for detection sensitivity",
     )
+    mirror: bool | None = Field(
+        None, description="test-time mirroring while validating; null: the model's own train.inference.mirror (set "
+                          "it to compare both ways without retraining: train.inference also drives the pseudo-label refreshes)",
+    )
 
     @model_validator(mode="after")
     def _bins_ascend(self) -> "ValidateParams":

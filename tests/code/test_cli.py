@@ -55,3 +55,16 @@ def test_ingest_workers_come_from_params_unless_given(tmp_path, monkeypatch):
     assert runner.invoke(app, [*base, "--workers", "1"]).exit_code == 0
     assert runner.invoke(app, [*base, "--workers", "0"]).exit_code != 0
     assert seen == [2, 1]
+
+
+def test_validate_mirror_flag_overrides_params(tmp_path, monkeypatch):
+    import medsegllm.validate.run as validate_run
+
+    seen = []
+    monkeypatch.setattr(validate_run, "run_validate", lambda model, ingested, out, params, **kw: seen.append(params.validation.mirror) or {})
+    params = tmp_path / "params.yaml"
+    params.write_text("validate:\n  mirror: false\n")
+    base = ["validate", "--model", str(tmp_path / "m.pt"), "--ingested", str(tmp_path), "--out", str(tmp_path / "o")]
+    for extra in ([], ["--params", str(params)], ["--params", str(params), "--mirror"], ["--no-mirror"]):
+        assert runner.invoke(app, [*base, *extra]).exit_code == 0
+    assert seen == [None, False, True, False]  # None: the model's own train.inference.mirror

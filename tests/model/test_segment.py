@@ -162,8 +162,10 @@ def test_forced_labels_bad_files_and_empty_series(checkpoint: Path, tmp_path: Pa
     summary = run_segment(str(checkpoint), REAL_CT, tmp_path / "forced", Params(), SALT)
     row = summary["series"][0]
     assert row["segments"] == ["liver", "lesion"] and row["n_frames"] >= 2
-    assert mirrored == [True]  # the model's train.inference.mirror (default on) reaches its prediction
+    assert mirrored == [True] and summary["mirror"] is True  # the model's train.inference.mirror (default on)
     _check_outputs(summary, REAL_CT, tmp_path / "forced")
+    assert run_segment(str(checkpoint), REAL_CT, tmp_path / "plain", Params(), SALT, mirror=False)["mirror"] is False
+    assert mirrored == [True, False]  # `segment --no-mirror` overrides it
 
     monkeypatch.setattr(segment_run, "predict_volume", lambda m, v, d, mirror: np.stack([np.ones_like(v), *[np.zeros_like(v)] * 3]))
     summary = run_segment(str(checkpoint), REAL_CT, tmp_path / "empty", Params(), SALT)

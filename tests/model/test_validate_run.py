@@ -118,6 +118,20 @@ def test_passing_gate_returns_metrics(ingest_dir: Path, model_path: Path, tmp_pa
     assert 0.0 <= result["metrics"]["dice_mean"] <= 1.0
 
 
+@pytest.mark.parametrize("override", [None, False])
+def test_validation_mirrors_as_the_model_says_unless_params_override(ingest_dir: Path, model_path: Path, tmp_path: Path,
+                                                                     monkeypatch, override) -> None:
+    from medsegllm.model import inference
+
+    seen, real = [], inference.predict_volume
+    monkeypatch.setattr(inference, "predict_volume", lambda *a, mirror, **k: seen.append(mirror) or real(*a, mirror=mirror, **k))
+    params = _params(min_dice=0.0, max_js=1.0, max_device_gap=1.0, min_device_series=1)
+    params = params.model_copy(update={"validation": params.validation.model_copy(update={"mirror": override})})
+    run_validate(model_path, ingest_dir, tmp_path, params)
+    expected = True if override is None else override  # the model's train.inference.mirror is on by default
+    assert seen == [expected] * 3 and json.loads((tmp_path / "validation.json").read_text())["mirror"] is expected
+
+
 def test_reference_checkpoint_without_dan_pdm(ingest_dir: Path, model_path: Path, tmp_path: Path):
     reference = _checkpoint(tmp_path / "ref", dan={"enabled": False}, pdm={"enabled": False})
     params = _params(min_dice=0.0, max_js=1.0, max_device_gap=1.0, min_device_series=1)

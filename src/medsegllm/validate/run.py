@@ -240,6 +240,7 @@ def run_validate(
     class_names = tuple(meta.get("classes") or SEG_CLASSES)
     lesion_class = class_names.index("lesion")
     seen_devices = set(meta["device_ids"])
+    mirror = model.train_params.inference.mirror if params.validation.mirror is None else params.validation.mirror
     from_truth = truth_dir is not None
     if from_truth:
         salt = salt or resolve_salt(params.ingest)  # truth is keyed by raw UIDs: map them like ingest did
@@ -258,7 +259,7 @@ def run_validate(
             if row.series_id not in references:
                 continue
             ref = _load_reference(references[row.series_id], from_truth, params)
-            probs = predict_volume(model, volume, row.device_id, mirror=model.train_params.inference.mirror)
+            probs = predict_volume(model, volume, row.device_id, mirror=mirror)
             result = evaluate_series(probs, ref, tuple(row.spacing), lesion_class, model.train_params.postprocess)
             slices[row.series_id] = _case_slice(volume, ref, result["pred"], lesion_class)
             ids = {"series_id": row.series_id, "study_id": getattr(row, "study_id", None) or row.series_id,
@@ -314,6 +315,7 @@ def run_validate(
         "series_ids": sorted(per_series["series_id"]),
         "n_skipped": n_skipped,
         "variant": meta.get("variant"),
+        "mirror": mirror,
         "reference_checkpoint": str(reference_model_path) if reference_model_path else None,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
