@@ -57,10 +57,9 @@ def to_source_grid(label: np.ndarray, label_affine: np.ndarray, source_shape: tu
 
 
 def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str, device: str, out_dir: Path,
-                   params: Params, mr_standardization: dict | None = None,
-                   mirror: bool | None = None) -> tuple[dict, list[tuple[Path, str]]]:
-    """Read, harmonize, predict and write one series; (summary row, quarantine rows). `mirror`: test-time
-    mirroring, None for the model's own `train.inference.mirror`.
+                   params: Params, mr_standardization: dict | None, mirror: bool) -> tuple[dict, list[tuple[Path, str]]]:
+    """Read, harmonize, predict (with test-time mirroring if `mirror`) and write one series; (summary row,
+    quarantine rows).
 
     A series that ingest would reject is quarantined whole, with ingest's reasons.
     """
@@ -79,7 +78,6 @@ def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str,
     if first.modality == "MR":  # the training data's MR standardization (the model's metadata)
         harmonized = apply_map(harmonized, series_map(mr_standardization, device, harmonized))
     predict_start = time.perf_counter()
-    mirror = model.train_params.inference.mirror if mirror is None else mirror
     probs = predict_volume(model, harmonized, device, mirror=mirror)
     predict_seconds = time.perf_counter() - predict_start
     label = to_source_grid(label_map(probs, tuple(spacing_of(affine)), model.train_params.postprocess), affine,
@@ -155,6 +153,7 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
     if torch.cuda.is_available():
         network = network.to("cuda")
     load_seconds = time.perf_counter() - start
+    mirror = network.train_params.inference.mirror if mirror is None else mirror
     not_compiled = compile_for_inference(network) if compile else "not asked"
     if compile and not_compiled:
         log.warning("segment --compile: %s; running eagerly", not_compiled)
@@ -195,7 +194,7 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
         "n_quarantined_files": quarantine_rows.num_rows,
         "n_slices": n_slices,
         "model_load_seconds": round(load_seconds, 3),
-        "mirror": network.train_params.inference.mirror if mirror is None else mirror,
+        "mirror": mirror,
         "compiled": not_compiled is None,
         "not_compiled_because": not_compiled,
         "compile_seconds": round(compile_seconds, 3),
