@@ -19,7 +19,7 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path, monkeypatch) -> Non
     out_md, out_json = tmp_path / "BENCHMARKS.md", tmp_path / "bench" / "results.json"
     main(["--slices", "6", "--size", "48", "--reps", "1", "--ingest-cohort", "3", "4", "32", "--train-steps", "1", "--batch-size", "4",
           "--train-series", "2", "--train-shape", "40", "40", "4", "--infer-shape", "40", "40", "3",
-          "--infer-reps", "1", "--channels", "8", "16", "--no-pipeline", "--data-dir", str(tmp_path / "no-demo"), "--gpu-json", str(tmp_path / "no-gpu.json"),
+          "--infer-reps", "1", "--model-rounds", "1", "--channels", "8", "16", "--no-pipeline", "--data-dir", str(tmp_path / "no-demo"), "--gpu-json", str(tmp_path / "no-gpu.json"),
           "--out-md", str(out_md), "--out-json", str(out_json)])
     results = json.loads(out_json.read_text())
     assert {"machine", "ingest", "devices", "demo", "command"} <= set(results)
@@ -66,7 +66,7 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path, monkeypatch) -> Non
     assert "re-measured" in out_md.read_text() and render(again) == out_md.read_text()
 
     monkeypatch.setattr(bench_model, "compile_for_inference", lambda model: "no C++ compiler for inductor (test)")
-    main(["--only", "models", "--reps", "1", "--train-steps", "1", "--batch-size", "4", "--train-series", "2",
+    main(["--only", "models", "--model-rounds", "1", "--reps", "1", "--train-steps", "1", "--batch-size", "4", "--train-series", "2",
           "--train-shape", "40", "40", "4", "--infer-shape", "40", "40", "2", "--infer-reps", "1", "--channels", "8", "16",
           "--out-md", str(out_md), "--out-json", str(out_json)])
     third = json.loads(out_json.read_text())
@@ -75,6 +75,26 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path, monkeypatch) -> Non
     assert "Section `models` re-measured" in out_md.read_text() and render(third) == out_md.read_text()
     assert "unet_baseline was not compiled (no C++ compiler for inductor (test)): its compiled row ran eagerly." in out_md.read_text()
     assert not [g for g in third["devices"][0]["inference"]["goals"] if "compiled" in g["goal"]][0]["met"]
+
+    # three rounds of the models section: the median round by the engine goal figure is shown, every round named
+    rounds = []
+    for value, inference in ((1.2, 1.7), (1.6, 1.5), (1.4, 1.9)):
+        r = json.loads(json.dumps(results["devices"][0]))
+        r["train"]["paired_baseline_compiled_vs_monai"] = r["train"]["goals"][0]["value"] = value
+        r["inference"]["paired_baseline_vs_monai"] = inference
+        rounds.append(r)
+    chosen = bench_model.median_round(rounds)
+    assert chosen["rounds"]["chosen"] == 2 and chosen["train"]["goals"][0]["value"] == 1.4
+    assert "the median of 3 rounds of this section, which ranged 1.20 to 1.60" in chosen["train"]["goals"][0]["measure"]
+    assert [f["inference, default precision"] for f in chosen["rounds"]["figures"]] == [1.7, 1.5, 1.9]
+    text = render({**results, "devices": [chosen]})
+    assert "engine, train.compile 1.20x / 1.60x / 1.40x;" in text and "inference, default precision 1.70x / 1.50x / 1.90x;" in text
+    assert text.count("The tables show round 3, the median by the engine's train.compile ratio.") == 2
+    assert "ran 3 times" not in render(results)  # a single round names no rounds
+    with pytest.raises(ValueError, match="odd number of rounds"):
+        bench_model.median_round(rounds[:2])
+    with pytest.raises(SystemExit):
+        main(["--model-rounds", "2"])
 
 
 def test_render_reports_demo_run_when_present(tmp_path: Path) -> None:

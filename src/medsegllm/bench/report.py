@@ -166,8 +166,20 @@ def _train_device(dev: dict, heading: str) -> list[str]:
         f"{int(d['medsegllm_pseudo_share'] * 100)} % pseudo-labelled; baselines: all labelled). "
         f"Each rep is {t['monai_loop']['steps_per_rep']} steps including batch preparation; one warm-up rep "
         "(our engine: its first epoch) excluded. The loops run one after another in one process.", "",
-        *_train_table(t), *_goals(t["goals"]), "",
+        *_train_table(t), *_rounds(dev, "engine"), *_goals(t["goals"]), "",
     ]
+
+
+def _rounds(dev: dict, section: str) -> list[str]:
+    """Every round's paired ratios of one section, when the section ran more than once."""
+    rounds = dev.get("rounds")
+    if not rounds or len(rounds["figures"]) < 2:
+        return []
+    names = [name for name in rounds["figures"][0] if name.startswith(section)]
+    values = "; ".join(f"{name} " + " / ".join(_x(f[name]) for f in rounds["figures"]) for name in names)
+    return ["", f"This section ran {len(rounds['figures'])} times whole (fresh models, cold compile caches): paired ratios "
+                f"per round, {values}. The tables show round {rounds['chosen'] + 1}, the median by the engine's "
+                "train.compile ratio."]
 
 
 def _inference(r: dict) -> list[str]:
@@ -206,7 +218,7 @@ def _inference_device(dev: dict, heading: str) -> list[str]:
         f"{_x(i['paired_medsegllm_vs_monai'])}. The default precision is bf16 where the hardware runs it "
         f"natively (CUDA, AVX-512 BF16 CPUs); its argmax agrees with fp32 on "
         f"{_f(100 * i['argmax_agreement_auto_vs_fp32'], 2)} % of voxels here.",
-        *[_compiled_note(i, name) for name in compiled], *_goals(i["goals"]), ""]
+        *[_compiled_note(i, name) for name in compiled], *_rounds(dev, "inference"), *_goals(i["goals"]), ""]
 
 
 def _compiled_note(i: dict, name: str) -> str:
