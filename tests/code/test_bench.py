@@ -97,6 +97,24 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path, monkeypatch) -> Non
         main(["--model-rounds", "2"])
 
 
+def test_model_rounds_each_run_in_a_fresh_process(tmp_path: Path, monkeypatch) -> None:
+    """Three real rounds of sections 2 and 3, each its own interpreter (inductor blocked through the
+    environment, which the child processes inherit, to keep the test short)."""
+    out_md, out_json = tmp_path / "BENCHMARKS.md", tmp_path / "results.json"
+    out_json.write_text(json.dumps({**json.loads((ROOT / "benchmarks" / "results.json").read_text()), "remeasured": []}))
+    monkeypatch.setenv("CXX", "/nonexistent")  # no C++ compiler: every compiled row runs eagerly, and says so
+    main(["--only", "models", "--model-rounds", "3", "--reps", "1", "--train-steps", "1", "--batch-size", "2",
+          "--train-series", "2", "--train-shape", "32", "32", "2", "--infer-shape", "32", "32", "2", "--infer-reps", "1",
+          "--channels", "4", "8", "--out-md", str(out_md), "--out-json", str(out_json)])
+    cpu = json.loads(out_json.read_text())["devices"][0]
+    figures = cpu["rounds"]["figures"]
+    assert len(figures) == 3 and all(f["engine, train.compile"] > 0 for f in figures)
+    compiled = sorted(f["engine, train.compile"] for f in figures)
+    assert cpu["train"]["paired_baseline_compiled_vs_monai"] == compiled[1]  # the median round is the one shown
+    assert not cpu["train"]["engine_unet_baseline_compiled"]["compile"]  # the child saw the environment
+    assert "ran 3 times whole, each time in a fresh process" in out_md.read_text()
+
+
 def test_render_reports_demo_run_when_present(tmp_path: Path) -> None:
     from medsegllm.bench.demo import read_demo
 

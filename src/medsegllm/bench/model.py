@@ -327,7 +327,7 @@ def median_round(rounds: list[dict]) -> dict:
     """Of several `bench_models` runs on one device, the one whose engine goal figure (paired, with
     train.compile) is the median, with every round's paired ratios beside it (`rounds`).
 
-    One run's ratios move by 0.1-0.2x between runs on a shared machine (BENCHMARKS.md, session 16), more
+    One run's ratios moved by 0.1-0.2x between runs on the 2-core machine BENCHMARKS.md names, more
     than the differences the goals turn on; the goal is judged on the median round, its range named.
     """
     if len(rounds) % 2 == 0:

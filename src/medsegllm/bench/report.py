@@ -177,7 +177,7 @@ def _rounds(dev: dict, section: str) -> list[str]:
         return []
     names = [name for name in rounds["figures"][0] if name.startswith(section)]
     values = "; ".join(f"{name} " + " / ".join(_x(f[name]) for f in rounds["figures"]) for name in names)
-    return ["", f"This section ran {len(rounds['figures'])} times whole (fresh models, cold compile caches): paired ratios "
+    return ["", f"This section ran {len(rounds['figures'])} times whole, each time in a fresh process: paired ratios "
                 f"per round, {values}. The tables show round {rounds['chosen'] + 1}, the median by the engine's "
                 "train.compile ratio."]
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,8 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="volume for the inference benchmark")
     parser.add_argument("--infer-reps", type=int, default=9, help="timed inference repetitions (median)")
     parser.add_argument("--model-rounds", type=int, default=3,
-                        help="odd number of times the training and inference sections run whole (fresh models, cold "
-                             "compile caches); the tables show the round with the median engine goal figure")
+                        help="odd number of times the training and inference sections run whole, each in a fresh process "
+                             "(1: in this one); the tables show the round with the median engine goal figure")
     parser.add_argument("--channels", type=int, nargs="+", default=None,
                         help="U-Net channels (default: params train.channels)")
     parser.add_argument("--no-pipeline", action="store_true",
@@ -132,16 +133,32 @@ def measure_models(args: argparse.Namespace) -> list[dict]:
     from medsegllm.config import Params
 
     channels = list(args.channels or Params().train.channels)
-    cohort = bench_cohort(args.train_series, tuple(args.train_shape))
     results = []
     for device in devices():
-        rounds = []
-        for i in range(args.model_rounds):
-            print(f"[bench] training + inference on {device}, round {i + 1} of {args.model_rounds}", file=sys.stderr)
-            rounds.append(bench_models(cohort, args.batch_size, args.train_steps, args.reps, tuple(args.infer_shape),
-                                       args.infer_reps, device, channels))
+        if args.model_rounds == 1:
+            print(f"[bench] training + inference on {device}", file=sys.stderr)
+            rounds = [bench_models(bench_cohort(args.train_series, tuple(args.train_shape)), args.batch_size,
+                                   args.train_steps, args.reps, tuple(args.infer_shape), args.infer_reps, device, channels)]
+        else:
+            rounds = [_round_in_fresh_process(args, device, channels, i) for i in range(args.model_rounds)]
         results.append(median_round(rounds))
     return results
+
+
+def _round_in_fresh_process(args: argparse.Namespace, device: str, channels: list[int], index: int) -> dict:
+    """One round of sections 2 and 3 in a new interpreter (`bench.model_round`): it compiles from nothing and
+    carries no state of an earlier round."""
+    print(f"[bench] training + inference on {device}, round {index + 1} of {args.model_rounds} (a fresh process)",
+          file=sys.stderr)
+    sizes = {"--device": [device], "--batch-size": [args.batch_size], "--train-steps": [args.train_steps],
+             "--reps": [args.reps], "--train-series": [args.train_series], "--train-shape": args.train_shape,
+             "--infer-shape": args.infer_shape, "--infer-reps": [args.infer_reps], "--channels": channels}
+    with tempfile.TemporaryDirectory(prefix="medsegllm-bench-round-", dir=args.workdir) as work:
+        out = Path(work) / "round.json"
+        command = [sys.executable, "-m", "medsegllm.bench.model_round", "--out", str(out)]
+        command += [str(v) for flag, values in sizes.items() for v in (flag, *values)]
+        subprocess.run(command, check=True)
+        return json.loads(out.read_text())
 
 
 def remeasure(args: argparse.Namespace, command: str) -> dict:
