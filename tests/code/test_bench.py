@@ -112,7 +112,9 @@ def test_model_rounds_each_run_in_a_fresh_process(tmp_path: Path, monkeypatch) -
     compiled = sorted(f["engine, train.compile"] for f in figures)
     assert cpu["train"]["paired_baseline_compiled_vs_monai"] == compiled[1]  # the median round is the one shown
     assert not cpu["train"]["engine_unet_baseline_compiled"]["compile"]  # the child saw the environment
-    assert "ran 3 times whole, each time in a fresh process" in out_md.read_text()
+    text = out_md.read_text()
+    assert "ran 3 times whole, each time in a fresh process" in text
+    assert f"= {cpu['train']['goals'][0]['value']:.3f} | **" in text  # the engine goal's figure to 3 decimals
 
 
 def test_render_reports_demo_run_when_present(tmp_path: Path) -> None:

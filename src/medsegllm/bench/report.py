@@ -25,7 +25,7 @@ def _goals(goals: list[dict]) -> list[str]:
     lines = ["", "| goal | measured | verdict |", "|---|---|---|"]
     for g in goals:
         value = g.get("value")
-        shown = _f(value)
+        shown = _f(value, g.get("digits", 2))
         if g.get("measure") and value is not None:
             shown = f"{g['measure']} = {shown}"
         note = f" ({g['note']})" if g.get("note") else ""
