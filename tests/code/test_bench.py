@@ -88,7 +88,7 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path, monkeypatch) -> Non
     assert "the median of 3 rounds of this section, which ranged 1.20 to 1.60" in chosen["train"]["goals"][0]["measure"]
     assert [f["inference, default precision"] for f in chosen["rounds"]["figures"]] == [1.7, 1.5, 1.9]
     text = render({**results, "devices": [chosen]})
-    assert "engine, train.compile 1.20x / 1.60x / 1.40x;" in text and "inference, default precision 1.70x / 1.50x / 1.90x;" in text
+    assert "engine, train.compile 1.20x / 1.60x / 1.40x." in text and "inference, default precision 1.70x / 1.50x / 1.90x." in text
     assert text.count("The tables show round 3, the median by the engine's train.compile ratio.") == 2
     assert "ran 3 times" not in render(results)  # a single round names no rounds
     with pytest.raises(ValueError, match="odd number of rounds"):

@@ -175,7 +175,7 @@ def _rounds(dev: dict, section: str) -> list[str]:
     rounds = dev.get("rounds")
     if not rounds or len(rounds["figures"]) < 2:
         return []
-    names = [name for name in rounds["figures"][0] if name.startswith(section)]
+    names = sorted(name for name in rounds["figures"][0] if name.startswith(section))  # JSON sorts keys too
     values = "; ".join(f"{name} " + " / ".join(_x(f[name]) for f in rounds["figures"]) for name in names)
     return ["", f"This section ran {len(rounds['figures'])} times whole, each time in a fresh process: paired ratios "
                 f"per round, {values}. The tables show round {rounds['chosen'] + 1}, the median by the engine's "
