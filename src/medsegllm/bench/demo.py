@@ -216,10 +216,12 @@ def run_paper_table(data_dir: Path, params, salt: str, work: Path, seeds: list[i
     `seed` sets weight init, batch sampling, augmentation and the hash split of the seen devices'
     unlabelled series; held-out devices are always validation and labelled studies always train.
     """
+    from medsegllm.model.inference import resolve_mirror
+
     runs, stages, measured = train_rows(data_dir, params, salt, work, plan(seeds, extra_seeds))
     table = summarize_table(runs, stages, seeds)
     table["seconds_by_job"] = measured
-    table["inference_mirror"] = params.train.inference.mirror  # how every row's validation predicted
+    table["inference_mirror"] = resolve_mirror(params.train, params.validation.mirror)  # how every row's validation predicted
     return table
 
 

@@ -47,6 +47,12 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
 MIRROR_AXES = ((0,), (1,), (0, 1))  # the in-plane flips `train.data.sample_batch` augments with
 
 
+def resolve_mirror(train_params, override: bool | None) -> bool:
+    """Test-time mirroring as asked (`validate.mirror`, `--mirror/--no-mirror`), else the model's own
+    `train.inference.mirror` (`train_params`: a `TrainParams`, the model's or the params file's)."""
+    return train_params.inference.mirror if override is None else override
+
+
 def predict_volume(model: nn.Module, volume: np.ndarray, device_id: str, batch_size: int = 32,
                    precision: str = "auto", mirror: bool = False) -> np.ndarray:
     """Softmax probabilities (C,X,Y,Z) from sliding-window inference over axial slices (2D model)

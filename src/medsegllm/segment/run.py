@@ -33,7 +33,7 @@ from medsegllm.ingest.series import decode_series, name_volume, slice_index
 from medsegllm.ingest.standardize import apply_map, series_map
 from medsegllm.knowledge import SEG_CLASSES
 from medsegllm.model.compiled import compile_for_inference
-from medsegllm.model.inference import predict_volume
+from medsegllm.model.inference import predict_volume, resolve_mirror
 from medsegllm.model.postprocess import label_map
 from medsegllm.segment.dicomseg import present_classes, write_seg
 from medsegllm.segment.source import ModelUnavailable, load_segmenter
@@ -153,7 +153,7 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
     if torch.cuda.is_available():
         network = network.to("cuda")
     load_seconds = time.perf_counter() - start
-    mirror = network.train_params.inference.mirror if mirror is None else mirror
+    mirror = resolve_mirror(network.train_params, mirror)
     not_compiled = compile_for_inference(network) if compile else "not asked"
     if compile and not_compiled:
         log.warning("segment --compile: %s; running eagerly", not_compiled)

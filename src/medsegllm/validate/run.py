@@ -230,7 +230,7 @@ def run_validate(
     feature JS is measured on the same series and reported beside the model's own.
     """
     from medsegllm.model.checkpoint import load_model
-    from medsegllm.model.inference import bottleneck_features, predict_volume
+    from medsegllm.model.inference import bottleneck_features, predict_volume, resolve_mirror
 
     ingest_dir, out_dir = Path(ingest_dir), Path(out_dir)
     remove_partials(out_dir)
@@ -240,7 +240,7 @@ def run_validate(
     class_names = tuple(meta.get("classes") or SEG_CLASSES)
     lesion_class = class_names.index("lesion")
     seen_devices = set(meta["device_ids"])
-    mirror = model.train_params.inference.mirror if params.validation.mirror is None else params.validation.mirror
+    mirror = resolve_mirror(model.train_params, params.validation.mirror)
     from_truth = truth_dir is not None
     if from_truth:
         salt = salt or resolve_salt(params.ingest)  # truth is keyed by raw UIDs: map them like ingest did
