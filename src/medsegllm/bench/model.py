@@ -332,16 +332,14 @@ def median_round(rounds: list[dict]) -> dict:
     """
     if len(rounds) % 2 == 0:
         raise ValueError(f"an odd number of rounds has a median round, not {len(rounds)}")
-    goal_figure = ROUND_FIGURES["engine, train.compile"]
-    order = sorted(range(len(rounds)), key=lambda i: rounds[i][goal_figure[0]][goal_figure[1]] or 0.0)
-    chosen = order[len(rounds) // 2]
-    result = copy.deepcopy(rounds[chosen])
     figures = [{name: r[section][key] for name, (section, key) in ROUND_FIGURES.items()} for r in rounds]
+    goal_values = [f["engine, train.compile"] or 0.0 for f in figures]
+    chosen = sorted(range(len(rounds)), key=goal_values.__getitem__)[len(rounds) // 2]
+    result = copy.deepcopy(rounds[chosen])
     result["rounds"] = {"chosen": chosen, "figures": figures}
     if len(rounds) > 1:
-        values = [f["engine, train.compile"] or 0.0 for f in figures]
         result["train"]["goals"][0]["measure"] += (f"; the median of {len(rounds)} rounds of this section, which ranged "
-                                                   f"{min(values):.2f} to {max(values):.2f}")
+                                                   f"{min(goal_values):.2f} to {max(goal_values):.2f}")
     return result
 
 
