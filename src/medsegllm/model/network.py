@@ -20,6 +20,7 @@ from monai.networks.nets.unet import SkipConnection
 from torch import nn
 
 from medsegllm.config import TrainParams
+from medsegllm.model.conv_guard import guard_conv3d
 from medsegllm.model.dan import DomainRouter, replace_batchnorm
 from medsegllm.model.pdm import ProgressiveDomainMixing
 
@@ -208,7 +209,15 @@ class MedSegNet(_Base):
 def build_model(
     train: TrainParams, device_ids: list[str], class_prompts: np.ndarray, subtype_prompts: np.ndarray
 ) -> nn.Module:
-    """The network of `train.variant`; prompts are frozen buffers so inference needs no report."""
+    """The network of `train.variant`; prompts are frozen buffers so inference needs no report.
+
+    3D networks get guarded convolutions: CPU bf16 training would otherwise take wrong weight gradients
+    for thin inputs (`conv_guard`).
+    """
     if train.variant == "unet_baseline":
-        return BaselineUNet(train, device_ids, n_classes=np.asarray(class_prompts).shape[0])
-    return MedSegNet(train, device_ids, class_prompts, subtype_prompts)
+        model: _Base = BaselineUNet(train, device_ids, n_classes=np.asarray(class_prompts).shape[0])
+    else:
+        model = MedSegNet(train, device_ids, class_prompts, subtype_prompts)
+    if train.spatial_dims == 3:
+        guard_conv3d(model)
+    return model
