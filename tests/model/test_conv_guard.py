@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from medsegllm.model.conv_guard import GuardedConv3d, guard_conv3d
+from medsegllm.model.conv_guard import GuardedConv3d, GuardedConvTranspose3d, guard_conv3d
 from medsegllm.model.network import build_model
 from tests.model.synthetic import tiny_params
 from tests.model.test_3d import SWIN_3D, UNET_3D
@@ -24,17 +24,23 @@ def _weight_grad(conv: nn.Module, x: torch.Tensor, upstream: torch.Tensor, bf16:
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("kernel", [3, 5, (3, 1, 1)])
-def test_guarded_conv3d_weight_gradient_matches_fp32_at_every_depth(kernel, channels_last) -> None:
+@pytest.mark.parametrize(("layer", "kernel", "stride"), [
+    (GuardedConv3d, 3, 1), (GuardedConv3d, 5, 1), (GuardedConv3d, (3, 1, 1), 1), (GuardedConv3d, 5, 2),
+    (GuardedConvTranspose3d, 3, 1), (GuardedConvTranspose3d, 5, 1), (GuardedConvTranspose3d, 5, 2),
+])
+def test_guarded_conv3d_weight_gradient_matches_fp32_at_every_depth(layer, kernel, stride, channels_last) -> None:
     torch.manual_seed(0)
-    conv = GuardedConv3d(32, 32, kernel, padding=tuple(k // 2 for k in nn.modules.utils._triple(kernel)), bias=False)
+    padding = tuple(k // 2 for k in nn.modules.utils._triple(kernel))
+    extra = {"output_padding": stride - 1} if layer is GuardedConvTranspose3d else {}
+    conv = layer(32, 32, kernel, stride, padding, bias=False, **extra)
     if channels_last:
         conv = conv.to(memory_format=torch.channels_last_3d)
     for depth in range(1, 7):
         x = torch.randn(1, 32, depth, 6, 5)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        upstream = torch.randn(1, 32, depth, 6, 5)
+        with torch.no_grad():
+            upstream = torch.randn(conv(x).shape)
         bf16, dtype = _weight_grad(conv, x, upstream, bf16=True)
         fp32, _ = _weight_grad(conv, x, upstream, bf16=False)
         assert ((bf16 - fp32).norm() / fp32.norm()) < 0.02, f"kernel {kernel}, depth {depth}"
@@ -55,10 +61,12 @@ def test_guard_swaps_deep_kernels_and_keeps_the_weights(prompts) -> None:
     flat = build_model(tiny_params().train, ["a"], *prompts)  # 2D convolutions are unaffected
     assert not any(isinstance(m, GuardedConv3d) for m in flat.modules())
 
-    plain = nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.Conv3d(4, 4, 1))
-    before = {k: v.clone() for k, v in plain.state_dict().items()}
-    assert guard_conv3d(plain) == 1 and type(plain[0]) is GuardedConv3d and type(plain[1]) is nn.Conv3d
-    assert all(torch.equal(before[k], v) for k, v in plain.state_dict().items())
+    plain = nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.Conv3d(4, 4, 1), nn.ConvTranspose3d(4, 2, 3, 2, 1, 1),
+                          nn.ConvTranspose3d(2, 2, 2, 2))
     x = torch.randn(1, 2, 4, 4, 4)
-    assert torch.allclose(plain(x), nn.functional.conv3d(nn.functional.conv3d(x, before["0.weight"], before["0.bias"], padding=1),
-                                                         before["1.weight"], before["1.bias"]), atol=1e-5)
+    with torch.no_grad():
+        expected = plain(x)
+    assert guard_conv3d(plain) == 2
+    assert [type(m) for m in plain] == [GuardedConv3d, nn.Conv3d, GuardedConvTranspose3d, nn.ConvTranspose3d]
+    with torch.no_grad():
+        assert torch.equal(plain(x), expected)  # the same parameters, the same fp32 computation
