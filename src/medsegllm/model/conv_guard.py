@@ -25,11 +25,11 @@ def bf16_weight_grad_is_wrong(conv: nn.Conv3d | nn.ConvTranspose3d, x: torch.Ten
 class _Guarded:
     """Leaves CPU bf16 autocast for the shapes of the oneDNN bug (module docstring)."""
 
-    def forward(self, x: torch.Tensor, *args: object) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         if bf16_weight_grad_is_wrong(self, x):
             with torch.autocast("cpu", enabled=False):
-                return super().forward(x.float(), *args)
-        return super().forward(x, *args)
+                return super().forward(x.float(), *args, **kwargs)
+        return super().forward(x, *args, **kwargs)
 
 
 class GuardedConv3d(_Guarded, nn.Conv3d):
