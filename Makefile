@@ -40,7 +40,8 @@ run: setup
 
 # The tests run with glibc filling fresh and freed heap blocks (up to 32 MB) with 0x7f bytes, so a read
 # of uninitialized memory (a oneDNN kernel once left a bf16 weight gradient partly unwritten) gives huge
-# values on every run instead of NaN on some machines only; it costs about 5 %.
+# values on every run instead of NaN on some machines only. Measured: tests/model 78.7 -> 82.6 s, the whole
+# suite in a fresh-clone CI 16.0 -> 18.4-18.6 min.
 PYTEST = MALLOC_PERTURB_=128 MALLOC_MMAP_THRESHOLD_=33554432 $(BIN)/pytest
 
 ## test: the whole test suite (unit, data, model, end-to-end DVC / Airflow / Kubeflow)

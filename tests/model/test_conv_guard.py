@@ -1,6 +1,6 @@
 """The guard against oneDNN's wrong CPU bf16 Conv3d weight gradients for inputs thinner than the kernel.
 
-Unguarded, on AVX-512 BF16 CPUs (torch 2.13), a depth-2 input under a 3x3x3 kernel gives a weight
+Unguarded, on AVX-512 CPUs (torch 2.13; native BF16 or emulated), a depth-2 input under a 3x3x3 kernel gives a weight
 gradient with relative error ~1 against fp32, partly uninitialized memory: the intermittent
 SwinUNETR NaN of CI (its bottleneck is 2 voxels long in x).
 """
