@@ -117,6 +117,29 @@ def test_model_rounds_each_run_in_a_fresh_process(tmp_path: Path, monkeypatch) -
     assert f"= {cpu['train']['goals'][0]['value']:.3f} | **" in text  # the engine goal's figure to 3 decimals
 
 
+def test_machine_names_the_cpu_and_remeasured_sections_say_when_it_changed(tmp_path: Path) -> None:
+    """A section re-measured on another CPU than the full run's must say so: its ratios may not compare."""
+    from medsegllm.bench.report import _machine
+    from medsegllm.bench.timing import cpu_model, machine_info
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t: avx512_bf16\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 9R14\n")
+    assert cpu_model(cpuinfo) == "AMD EPYC 9R14"
+    assert cpu_model(tmp_path / "missing") != ""  # platform's name where there is no /proc/cpuinfo
+    full = {**machine_info(), "cpu_model": "Intel Xeon 8488C", "cpu_bf16": True}
+    run = {"command": "c", "started_utc": "t", "total_seconds": 1.0, "load_average_end": [0.0] * 3, "machine": full,
+           "remeasured": [{"section": "models", "command": "c2", "started_utc": "t2", "seconds": 5.0,
+                           "machine": {**full, "cpu_model": "AMD EPYC 9R14"}},
+                          {"section": "ingest", "command": "c3", "started_utc": "t3", "seconds": 5.0, "machine": full}]}
+    text = "\n".join(_machine(run))
+    assert "- CPU: Intel Xeon 8488C (native bf16: yes); CPUs:" in text
+    assert "CPU AMD EPYC 9R14 (native bf16: yes), the full run's Intel Xeon 8488C (native bf16: yes): compare" in text
+    assert "the same CPU (Intel Xeon 8488C (native bf16: yes))" in text
+    older = {k: v for k, v in full.items() if k not in ("cpu_model", "cpu_bf16")}  # results.json from before
+    text = "\n".join(_machine({**run, "machine": older, "remeasured": [{**run["remeasured"][0], "machine": older}]}))
+    assert "- CPU: model not recorded;" in text and "the full run's model not recorded: compare" in text
+
+
 def test_render_reports_demo_run_when_present(tmp_path: Path) -> None:
     from medsegllm.bench.demo import read_demo
 

@@ -44,7 +44,7 @@ def _machine(r: dict) -> list[str]:
         f"- command: `{r['command']}`",
         f"- started (UTC): {r['started_utc']}, total wall time {r['total_seconds']:.0f} s",
         f"- platform: {m['platform']} ({m['processor']}), Python {m['python']}, torch {m['torch']}",
-        f"- CPUs: {m['cpu_count']}, torch threads: {m['torch_threads']}, "
+        f"- CPU: {_cpu(m)}; CPUs: {m['cpu_count']}, torch threads: {m['torch_threads']}, "
         f"load average at start (1/5/15 min): {', '.join(str(v) for v in m['load_average_1_5_15'])}, "
         f"at end: {', '.join(str(v) for v in r['load_average_end'])}",
         f"- GPU: {m['gpu'] or 'no GPU on this machine'}",
@@ -53,17 +53,27 @@ def _machine(r: dict) -> list[str]:
         "against the CPU count). Absolute times are noisy; the ratios compare contenders measured back to back "
         "(ingest and inference interleaved per repetition) and are the figures to trust. Each figure is the "
         "median of the listed runs.",
-        *_remeasured(r.get("remeasured", [])),
+        *_remeasured(r.get("remeasured", []), m),
     ]
 
 
-def _remeasured(entries: list[dict]) -> list[str]:
-    """Sections measured again after the full run: when, by which command, under what load."""
+def _cpu(m: dict) -> str:
+    """Model name and native bf16 (it sets the default precision); runs from before they were recorded say so."""
+    if "cpu_model" not in m:
+        return "model not recorded"
+    return f"{m['cpu_model']} (native bf16: {'yes' if m['cpu_bf16'] else 'no'})"
+
+
+def _remeasured(entries: list[dict], full_run: dict) -> list[str]:
+    """Sections measured again after the full run: when, by which command, on which CPU, under what load."""
     lines = []
     for e in entries:
         m = e["machine"]
+        same = m.get("cpu_model") is not None and m.get("cpu_model") == full_run.get("cpu_model")
+        cpu = (f"the same CPU ({_cpu(m)})" if same else
+               f"CPU {_cpu(m)}, the full run's {_cpu(full_run)}: compare its figures with no other section's")
         lines += ["", f"**Section `{e['section']}` re-measured** after the run above: `{e['command']}`, started "
-                  f"{e['started_utc']} ({e['seconds']:.0f} s), same machine class ({m['cpu_count']} CPUs, {m['platform']}), "
+                  f"{e['started_utc']} ({e['seconds']:.0f} s), {m['cpu_count']} CPUs, {m['platform']}, {cpu}, "
                   f"load average at start {', '.join(str(v) for v in m['load_average_1_5_15'])}. Its figures replace that "
                   "section's; every other section is from the full run, and each section's ratios are from one run."]
     return lines

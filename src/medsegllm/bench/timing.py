@@ -7,17 +7,31 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+from medsegllm.model.inference import bf16_supported
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name: how bf16 and fp32 paths compare depends on it, and a re-measured section may run on another."""
+    try:
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
 
 def machine_info() -> dict:
-    """What the numbers depend on: CPU count, load at start, torch threads and the GPU if any."""
+    """What the numbers depend on: CPU model and count, native bf16, load at start, torch threads and the GPU if any."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     cuda = torch.cuda.is_available()
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "cpu_bf16": bf16_supported(torch.device("cpu")),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "load_average_1_5_15": [round(v, 2) for v in load],
