@@ -10,9 +10,11 @@ draws the same effects.
 
 It runs on every slice of every batch, so its fixed costs matter. Built per slice, with a fresh
 `RandomState` each and every result wrapped in a `MetaTensor`, it took 0.79 ms a slice, and batch
-preparation 44 % of a compiled training step of the benchmark's U-Net. The transforms are therefore
-built once and re-seeded (the same draws as a fresh `set_random_state`) and applied with MONAI's
-meta tracking off: 0.44 ms a slice, bit-identical to building them afresh.
+preparation with params.yaml's augmentation 44 % of a compiled training step of the benchmark's
+U-Net. The transforms are therefore built once and re-seeded (the same draws as a fresh
+`set_random_state`) and applied with MONAI's meta tracking off: 0.44 ms a slice, bit-identical to
+building them afresh. The shared transforms and MONAI's global meta-tracking switch make it
+single-threaded: one training loop per process calls it (DDP ranks are processes).
 """
 
 from __future__ import annotations
