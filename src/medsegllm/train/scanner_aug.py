@@ -13,7 +13,8 @@ It runs on every slice of every batch, so its fixed costs matter. Built per slic
 preparation with params.yaml's augmentation 44 % of a compiled training step of the benchmark's
 U-Net. The transforms are therefore built once and re-seeded (the same draws as a fresh
 `set_random_state`) and applied with MONAI's meta tracking off: 0.44 ms a slice, bit-identical to
-building them afresh. The shared transforms and MONAI's global meta-tracking switch make it
+building them afresh. (Both timings: one interleaved scratch run on a 2-core AMD EPYC, 64x64 slices,
+params.yaml's settings; not BENCHMARKS.md figures.) The shared transforms and MONAI's global meta-tracking switch make it
 single-threaded: one training loop per process calls it (DDP ranks are processes).
 """
 
