@@ -34,7 +34,7 @@ def test_fusion_weights_teacher_by_alpha() -> None:
 
 def test_prior_places_reported_lesion_in_the_right_lobe() -> None:
     _, label = phantom(np.random.default_rng(0), lesion=True, device=0)
-    prior = knowledge_prior(_teacher_probs(label), [LESION], True, AFFINE)
+    prior, _ = knowledge_prior(_teacher_probs(label), [LESION], True, AFFINE)
     assert np.allclose(prior.sum(axis=0), 1.0, atol=1e-5)
     lesion = prior[3] > 0.5
     assert lesion.any()
@@ -51,7 +51,7 @@ def test_negated_or_absent_tumour_gives_no_lesion_and_suppresses_teacher() -> No
     teacher = _teacher_probs(label, lesion_prob=0.6)
     assert (teacher.argmax(0) == 3).any()
     for lesions, present in (([{**LESION, "certainty": "negated"}], True), ([LESION], False)):
-        prior = knowledge_prior(teacher, lesions, present, AFFINE)
+        prior, _ = knowledge_prior(teacher, lesions, present, AFFINE)
         assert prior[3].max() == 0.0
         mask, _, _ = pseudo_label(fuse(teacher, prior, 0.7), 0.6)
         assert not (mask == 3).any()
@@ -65,7 +65,7 @@ def test_kidney_laterality_picks_the_reported_side() -> None:
         item = {"organ": "kidney", "location": "interpolar", "laterality": side, "size_mm": 12.0}
         # the two synthetic kidneys differ in y; swap axes so they differ in RAS x instead
         swapped = np.swapaxes(teacher, 1, 2)
-        prior = knowledge_prior(swapped, [item], True, AFFINE)
+        prior, _ = knowledge_prior(swapped, [item], True, AFFINE)
         xs = np.argwhere(prior[3] > 0.5)[:, 0]
         assert xs.size and (xs.mean() < SHAPE[1] / 2) == expect_low_y
 
@@ -75,13 +75,13 @@ def test_unreported_teacher_lesions_go_back_to_the_organ() -> None:
 
     _, label = phantom(np.random.default_rng(0), lesion=False, device=0)
     teacher = _teacher_probs(label, lesion_prob=0.9)  # a confident false lesion filling the liver
-    prior = knowledge_prior(teacher, [], False, AFFINE)
+    prior, _ = knowledge_prior(teacher, [], False, AFFINE)
     fused = restrict_lesions_to_report(fuse(teacher, prior, 0.7), prior)
     assert np.allclose(fused.sum(axis=0), 1.0, atol=1e-5)
     mask, _, _ = pseudo_label(fused, 0.6)
     assert not (mask == 3).any() and (mask[label == 1] == 1).all()
     # a reported lesion keeps its mass
-    prior = knowledge_prior(_teacher_probs(label), [LESION], True, AFFINE)
+    prior, _ = knowledge_prior(_teacher_probs(label), [LESION], True, AFFINE)
     fused = fuse(_teacher_probs(label), prior, 0.7)
     assert np.allclose(restrict_lesions_to_report(fused, prior)[3], fused[3] * (prior[3] > 0.05))
 
@@ -109,10 +109,10 @@ def test_image_guided_prior_finds_faint_lesion_of_the_reported_enhancement() -> 
     teacher = _teacher_probs(label)
     base = {"organ": "liver", "location": None, "laterality": None, "size_mm": 16.0, "certainty": "definite"}
     for subtype, spot in (("metastasis", dark_spot), ("hcc", bright_spot)):  # hypo vs hyper in the knowledge base
-        prior = knowledge_prior(teacher, [{**base, "subtype": subtype}], True, affine, image=image)
+        prior, _ = knowledge_prior(teacher, [{**base, "subtype": subtype}], True, affine, image=image)
         found = prior[3] > 0.5
         assert lesion_dice(np.where(found, 3, 0), np.where(spot, 3, 0)) > 0.6, subtype
-    blind = knowledge_prior(teacher, [{**base, "subtype": "metastasis"}], True, affine)  # no image: organ centre
+    blind, _ = knowledge_prior(teacher, [{**base, "subtype": "metastasis"}], True, affine)  # no image: organ centre
     assert lesion_dice(np.where(blind[3] > 0.5, 3, 0), np.where(dark_spot, 3, 0)) < 0.3
 
 
@@ -142,7 +142,7 @@ def test_prior_finds_a_lesion_the_teacher_cut_out_of_its_organ() -> None:
     image[fragment] = 0.3 + 0.05 * rng.standard_normal(int(fragment.sum())).astype(np.float32)
     label = np.where((liver & ~dark_spot) | fragment, 1, 0).astype(np.uint8)
     item = {"organ": "liver", "location": None, "laterality": None, "size_mm": 16.0, "subtype": "metastasis"}
-    prior = knowledge_prior(_teacher_probs(label), [item], True, affine, image=image)
+    prior, _ = knowledge_prior(_teacher_probs(label), [item], True, affine, image=image)
     found = prior[3] > 0.5
     assert lesion_dice(np.where(found, 3, 0), np.where(dark_spot, 3, 0)) > 0.6
     assert not (found & fragment).any()
@@ -163,3 +163,45 @@ def test_lesion_host_fills_a_hole_open_at_the_organ_top_in_any_voxel_order() -> 
     permuted = np.transpose(organ & ~pit, (2, 0, 1))
     z_first = np.array([[0, 4.0, 0, 0], [0, 0, 4.0, 0], [5.0, 0, 0, 0], [0, 0, 0, 1]])  # voxel (z, x, y) -> world
     assert np.array_equal(lesion_host(permuted, z_first, "liver", None, radius_mm=4.0), np.transpose(host, (2, 0, 1)))
+
+
+def test_hedged_lesion_is_placed_like_a_certain_one_and_trusted_less() -> None:
+    """'suspicious for' hedges what a lesion is, not whether it is there: same mask, lower confidence."""
+    _, label = phantom(np.random.default_rng(0), lesion=True, device=0)
+    teacher = _teacher_probs(label)
+    (sure, sure_certainty), (hedged, hedged_certainty) = (
+        knowledge_prior(teacher, [{**LESION, "certainty": c}], True, AFFINE) for c in ("definite", "possible"))
+    assert np.array_equal(sure, hedged)
+    assert (sure_certainty == 1.0).all()
+    sure_mask, sure_conf, _ = pseudo_label(fuse(teacher, sure, 0.7), 0.2, 0.15, sure_certainty)
+    hedged_mask, hedged_conf, hedged_weight = pseudo_label(fuse(teacher, hedged, 0.7), 0.2, 0.15, hedged_certainty)
+    lesion = sure_mask == 3
+    assert lesion.sum() > 10 and np.array_equal(sure_mask, hedged_mask)
+    assert np.allclose(hedged_conf[lesion], 0.5 * sure_conf[lesion])
+    assert np.array_equal(hedged_conf[~lesion], sure_conf[~lesion])  # organs and background keep the teacher's
+    assert np.array_equal(hedged_weight[lesion] > 0, hedged_conf[lesion] >= 0.2)
+
+
+def test_conspicuity_prefers_a_compact_strong_lesion_to_a_wide_faint_patch() -> None:
+    """A plain metastasis 10 noise sigmas darker than the liver beats a wide patch 1.5 sigmas dark.
+
+    The report's size (its longest diameter) is larger than the lesion's extent, as it often is in
+    the demo cohort. Clipping voxels to 1.5 sigmas (as `conspicuity` once did against vessels)
+    capped the lesion at the patch's level, and the patch, filling the whole filter, won.
+    """
+    rng = np.random.default_rng(7)
+    shape = (48, 48, 24)
+    liver = np.zeros(shape, dtype=bool)
+    liver[4:44, 4:44, 2:22] = True
+    image = np.where(liver, 0.5, 0.1).astype(np.float32) + 0.02 * rng.standard_normal(shape).astype(np.float32)
+    grid = np.indices(shape).transpose(1, 2, 3, 0) * 2.0  # mm
+    lesion = np.linalg.norm(grid - np.array([14.0, 14.0, 12.0]) * 2, axis=-1) < 8.0
+    patch = np.linalg.norm(grid - np.array([31.0, 31.0, 12.0]) * 2, axis=-1) < 20.0
+    image[lesion] -= 0.2  # 10 sigmas
+    image[patch] -= 0.03  # 1.5 sigmas
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    item = {"organ": "liver", "location": None, "laterality": None, "size_mm": 24.0, "subtype": "metastasis"}
+    prior, _ = knowledge_prior(_teacher_probs(liver.astype(np.uint8)), [item], True, affine, image=image)
+    placed = np.argwhere(prior[3] > 0.5)
+    centre = tuple(np.round(placed.mean(axis=0)).astype(int))
+    assert lesion[centre] and not (patch & (prior[3] > 0.5)).any()

@@ -33,11 +33,12 @@ def pseudo_label_series(
     K is recomputed from the teacher `probs` each time (its organ channels and the organs it places
     lesions in come from the teacher), so a better teacher also gives a better K.
     """
-    prior = knowledge_prior(probs, lesions, tumour_present, affine, image=image if cfg.locate_by_image else None)
+    prior, certainty = knowledge_prior(probs, lesions, tumour_present, affine,
+                                       image=image if cfg.locate_by_image else None)
     fused = fuse(probs, prior, cfg.alpha)
     if cfg.lesions_from_report:
         fused = restrict_lesions_to_report(fused, prior)
-    return pseudo_label(fused, cfg.confidence_threshold, cfg.lesion_threshold)
+    return pseudo_label(fused, cfg.confidence_threshold, cfg.lesion_threshold, certainty)
 
 
 def _class_dice(pred: np.ndarray, truth: np.ndarray, c: int) -> float | None:

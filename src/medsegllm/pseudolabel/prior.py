@@ -18,13 +18,13 @@ from medsegllm.knowledge import LESION_CLASS, SEG_CLASSES, SUBTYPES
 _NEGATED = {"negated", "absent", "no", "none", "ruled out", "excluded"}
 _CERTAINTY = {"definite": 1.0, "certain": 1.0, "probable": 0.8, "likely": 0.8, "possible": 0.5, "suspected": 0.6}
 DEFAULT_SIZE_MM = 20.0
-CLIP_SIGMAS = 1.5  # parenchyma range kept by `conspicuity`; brighter or darker voxels are clipped to it
+PARENCHYMA_SIGMAS = 1.5  # voxels within this many noise sigmas of the organ's level make up `conspicuity`'s surround
 RIM_VOXELS = 2  # voxels of the organ's rim left out of `conspicuity`
 ENHANCEMENT_SIGN = {"hyper": 1, "hypo": -1}  # knowledge-base enhancement -> sign of conspicuity; unknown: either
 
 
 def certainty_weight(value: object) -> float:
-    """Prior strength of a reported lesion: 0 when negated, lower for hedged findings."""
+    """Certainty of a reported lesion: 0 when negated (no lesion), lower for hedged findings."""
     if value is None:
         return 1.0
     if isinstance(value, (int, float)):
@@ -132,10 +132,14 @@ def conspicuity(image: np.ndarray, organ: np.ndarray, spacing: np.ndarray, radiu
     the organ-masked mean at three times that scale (which follows bias fields and organ
     enhancement), over the organ's robust voxel noise. Signed: >0 brighter than parenchyma.
     Pooling over the lesion's volume makes a lesion fainter than the voxel noise stand out.
-    Voxels beyond CLIP_SIGMAS noise sigmas of the parenchyma (vessels, calcifications) are clipped
-    in the local mean and left out of the surround, so that a thin, much brighter structure can
-    neither outshine a faint lesion nor mask one nearby, and the organ's rim (RIM_VOXELS: partial
-    volume with its neighbours, and a teacher mask a voxel too wide) is left out. Zero outside the organ.
+    The local mean is taken of a median-filtered image (a ball of half the lesion's radius): a
+    structure thinner than that ball (a vessel, a calcification) is filtered out however bright
+    it is, so it can neither outshine a faint lesion nor mask one nearby, while a lesion keeps its
+    full contrast. (Clipping voxels to 1.5 noise sigmas did the former but capped a plain
+    metastasis 10 sigmas darker than the liver at 1.5, so a wide, slightly dark patch outscored it.)
+    Voxels beyond PARENCHYMA_SIGMAS are left out of the surround, and the organ's rim (RIM_VOXELS:
+    partial volume with its neighbours, and a teacher mask a voxel too wide) out of both. Zero
+    outside the organ.
     """
     core = ndimage.binary_erosion(organ, iterations=RIM_VOXELS)
     core = core if core.sum() >= 0.25 * organ.sum() else organ
@@ -145,13 +149,14 @@ def conspicuity(image: np.ndarray, organ: np.ndarray, spacing: np.ndarray, radiu
         return np.zeros(image.shape, dtype=np.float32)
     level = float(np.median(values))
     noise = max(1.4826 * float(np.median(np.abs(values - level))), 1e-6)
-    clipped = np.clip(image, level - CLIP_SIGMAS * noise, level + CLIP_SIGMAS * noise)
-    typical = core & (np.abs(image - level) < CLIP_SIGMAS * noise)  # parenchyma without vessels
+    # outside the organ's core the median sees the organ's level, so neighbours cannot pull it
+    robust = ndimage.median_filter(np.where(core, image, level).astype(np.float32), footprint=_ball(radius_mm / 2, spacing))
+    typical = core & (np.abs(image - level) < PARENCHYMA_SIGMAS * noise)  # parenchyma without vessels or lesions
 
     def masked_mean(scale_mm: float, mask: np.ndarray) -> np.ndarray:
         sigma = np.maximum(scale_mm / np.asarray(spacing, dtype=np.float64), 0.3)
         weight = mask.astype(np.float32)
-        num = ndimage.gaussian_filter(clipped * weight, sigma)
+        num = ndimage.gaussian_filter(robust * weight, sigma)
         den = ndimage.gaussian_filter(weight, sigma)
         return np.divide(num, den, out=np.full_like(num, level), where=den > 1e-3)
 
@@ -180,8 +185,8 @@ def lesion_blob(shape: tuple[int, ...], centre: np.ndarray, radius_mm: float, sp
 
 def knowledge_prior(
     teacher_probs: np.ndarray, lesions: list[dict], tumour_present: bool, affine: np.ndarray, image: np.ndarray | None = None
-) -> np.ndarray:
-    """K (C,X,Y,Z): organ channels from the teacher, a lesion channel from the report, bg = 1 - rest.
+) -> tuple[np.ndarray, np.ndarray]:
+    """(K, certainty): K (C,X,Y,Z) has organ channels from the teacher, a lesion channel from the report, bg = 1 - rest.
 
     Each reported lesion becomes a soft ball of the reported size in the reported organ (and side).
     With the `image`, the ball sits where a lesion-sized region of that organ is most conspicuous
@@ -189,11 +194,18 @@ def knowledge_prior(
     A negated or absent tumour gives a zero lesion channel. Teacher lesion probability inside an
     organ is given back to that organ, and report lesions take their mass from the organ, so K
     stays a distribution.
+
+    A hedged finding ("suspicious for metastasis") hedges what a lesion is far more often than
+    whether it is there, so its certainty does not shrink its ball in K (a "possible" lesion at
+    half strength never reached the lesion threshold: 0.3 x 0.5 at its very centre). It goes into
+    `certainty` (X,Y,Z) instead: the certainty of the reported lesion a voxel belongs to, 1 elsewhere,
+    which `pseudo_label` multiplies into the lesion voxels' confidence, so the loss trusts them less.
     """
     probs = np.asarray(teacher_probs, dtype=np.float32)
     shape = probs.shape[1:]
     spacing = spacing_of(affine)
     lesion = np.zeros(shape, dtype=np.float32)
+    certainty = np.ones(shape, dtype=np.float32)
     taken = np.zeros(shape, dtype=bool)
     reported = sorted(lesions if tumour_present else [], key=lambda item: -(item.get("size_mm") or DEFAULT_SIZE_MM))
     for item in reported:
@@ -217,7 +229,8 @@ def knowledge_prior(
         grow = max(1, int(np.ceil(radius / spacing.min() / 2)))
         blob *= ndimage.binary_dilation(host, iterations=grow)
         taken |= blob > 0.1
-        lesion = np.maximum(lesion, weight * blob)
+        certainty[blob > lesion] = weight  # each voxel keeps the certainty of its strongest lesion
+        lesion = np.maximum(lesion, blob)
     organs = [c for c, name in enumerate(SEG_CLASSES) if name not in ("background", "lesion")]
     organ_total = probs[organs].sum(axis=0)
     share = np.divide(probs[LESION_CLASS], organ_total, out=np.zeros(shape, np.float32), where=organ_total > 1e-6)
@@ -227,7 +240,7 @@ def knowledge_prior(
         prior[c] = probs[c] * (1.0 + share) * (1.0 - lesion)
     prior[LESION_CLASS] = lesion
     prior[0] = np.clip(1.0 - prior[1:].sum(axis=0), 0.0, 1.0)
-    return prior
+    return prior, certainty
 
 
 def fuse(teacher_probs: np.ndarray, prior: np.ndarray, alpha: float) -> np.ndarray:
@@ -258,7 +271,7 @@ def restrict_lesions_to_report(fused: np.ndarray, prior: np.ndarray, floor: floa
 
 
 def pseudo_label(
-    fused: np.ndarray, threshold: float, lesion_threshold: float | None = None
+    fused: np.ndarray, threshold: float, lesion_threshold: float | None = None, certainty: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """mask = argmax F, confidence = max F, weight = confidence where >= threshold else 0.
 
@@ -266,7 +279,8 @@ def pseudo_label(
     organ holds more mass: with alpha = 0.7 a report lesion the teacher missed contributes at most
     1 - alpha = 0.3 to F, so argmax alone could never add it (a class-specific threshold, as in
     class-balanced self-training). Such a voxel's confidence is F_lesion / (2 * lesion_threshold),
-    capped at 1: 0.5 at the threshold, 1 at twice the threshold.
+    capped at 1: 0.5 at the threshold, 1 at twice the threshold. `certainty` (the report's, from
+    `knowledge_prior`) then scales the confidence of every lesion voxel before the threshold.
     """
     fused = np.asarray(fused, dtype=np.float32)
     mask = fused.argmax(axis=0).astype(np.uint8)
@@ -275,5 +289,7 @@ def pseudo_label(
         added = (fused[LESION_CLASS] >= lesion_threshold) & (mask != LESION_CLASS)
         mask[added] = LESION_CLASS
         confidence[added] = np.minimum(1.0, fused[LESION_CLASS][added] / (2.0 * lesion_threshold))
+    if certainty is not None:
+        confidence = np.where(mask == LESION_CLASS, confidence * certainty, confidence).astype(np.float32)
     weight = np.where(confidence >= threshold, confidence, 0.0).astype(np.float32)
     return mask, confidence, weight
