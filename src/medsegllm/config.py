@@ -191,6 +191,10 @@ class PseudoLossParams(_Section):
     ema_decay: float = Field(0.99, ge=0, lt=1, description="teacher = EMA of the student: ema <- decay*ema + (1-decay)*student, per step")
     refresh_every: int = Field(0, ge=0, description="re-fuse the pseudo-labels with the EMA teacher every N epochs; 0: never")
     refresh_start: int = Field(8, ge=1, description="first epoch (1-based) after which a refresh may run")
+    refresh_mirror: bool = Field(
+        False, description="test-time mirroring in the refresh rounds' teacher predictions (4x their time); the pseudolabel "
+        "stage's teacher, validation and `segment` follow train.inference.mirror"
+    )
     lesion_weight: float = Field(
         1.0, ge=0, le=1, description="factor on pseudo-labelled lesion voxels' loss weight: report-placed lesions are the "
         "least reliable pseudo-labels; 0 keeps only the report's negative evidence (no lesion in a lesion-free study)"

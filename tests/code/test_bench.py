@@ -76,6 +76,22 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path, monkeypatch) -> Non
     assert "unet_baseline was not compiled (no C++ compiler for inductor (test)): its compiled row ran eagerly." in out_md.read_text()
     assert not [g for g in third["devices"][0]["inference"]["goals"] if "compiled" in g["goal"]][0]["met"]
 
+    # the demo section again, from another `make run`'s outputs; the table is skipped here (--no-ablations)
+    _write_demo_run(tmp_path / "demo")
+    main(["--only", "demo", "--no-ablations", "--data-dir", str(tmp_path / "demo"), "--out-md", str(out_md), "--out-json", str(out_json)])
+    fourth = json.loads(out_json.read_text())
+    assert third["demo"] is None and fourth["demo"]["js_intensity_reduction"] == pytest.approx(0.9)
+    kept = ("demo", "data_dir", "remeasured")
+    assert {k: v for k, v in fourth.items() if k not in kept} == {k: v for k, v in third.items() if k not in kept}
+    assert fourth["data_dir"] == str(tmp_path / "demo")
+    assert [e["section"] for e in fourth["remeasured"]] == ["ingest", "models", "demo"]
+    assert "Section `demo` re-measured" in out_md.read_text() and render(fourth) == out_md.read_text()
+    # a full run's pipeline section stays, but the demo figures now come from the folder given
+    piped = {**fourth, "pipeline": {**json.loads((ROOT / "benchmarks" / "results.json").read_text())["pipeline"],
+                                    "data_dir": "/tmp/the-full-runs-copy/data"}}
+    assert "Read as-is from the files of an earlier `make run`" in render(piped)
+    assert "Produced by this benchmark's own `dvc repro`" in render({**piped, "data_dir": "/tmp/the-full-runs-copy/data"})
+
     # three rounds of the models section: the median round by the engine goal figure is shown, every round named
     rounds = []
     for value, inference in ((1.2, 1.7), (1.6, 1.5), (1.4, 1.9)):
@@ -140,16 +156,21 @@ def test_machine_names_the_cpu_and_remeasured_sections_say_when_it_changed(tmp_p
     assert "- CPU: model not recorded;" in text and "the full run's model not recorded: compare" in text
 
 
+def _write_demo_run(data_dir: Path) -> None:
+    """The files of a `make run` that the demo section reads, with made-up figures."""
+    (data_dir / "model").mkdir(parents=True)
+    (data_dir / "validation").mkdir()
+    (data_dir / "model" / "train_metrics.json").write_text(json.dumps({"variant": "medsegllm", "parameters": 10, "steps": 2}))
+    (data_dir / "validation" / "metrics.json").write_text(json.dumps({"dice_mean": 0.5, "js_intensity_raw": 0.3,
+                                                                       "js_intensity_harmonized": 0.03}))
+    (data_dir / "validation" / "per_device.csv").write_text(
+        "device_id,modality,holdout,n,dice_mean,ci_low,ci_high,dice_lesion\ndev_a,CT,False,2,0.5,0.4,0.6,0.1\n")
+
+
 def test_render_reports_demo_run_when_present(tmp_path: Path) -> None:
     from medsegllm.bench.demo import read_demo
 
-    (tmp_path / "model").mkdir()
-    (tmp_path / "validation").mkdir()
-    (tmp_path / "model" / "train_metrics.json").write_text(json.dumps({"variant": "medsegllm", "parameters": 10, "steps": 2}))
-    (tmp_path / "validation" / "metrics.json").write_text(json.dumps({"dice_mean": 0.5, "js_intensity_raw": 0.3,
-                                                                       "js_intensity_harmonized": 0.03}))
-    (tmp_path / "validation" / "per_device.csv").write_text(
-        "device_id,modality,holdout,n,dice_mean,ci_low,ci_high,dice_lesion\ndev_a,CT,False,2,0.5,0.4,0.6,0.1\n")
+    _write_demo_run(tmp_path)
     demo = read_demo(tmp_path)
     assert demo is not None and abs(demo["js_intensity_reduction"] - 0.9) < 1e-9
     assert demo["goals"][1]["met"] is True

@@ -1,6 +1,7 @@
 import numpy as np
+from scipy import ndimage
 
-from medsegllm.pseudolabel.prior import certainty_weight, fuse, knowledge_prior, pseudo_label
+from medsegllm.pseudolabel.prior import _ball, _core_median, certainty_weight, fuse, knowledge_prior, pseudo_label
 from medsegllm.pseudolabel.run import lesion_dice
 from tests.model.synthetic import AFFINE, SHAPE, phantom
 
@@ -205,3 +206,19 @@ def test_conspicuity_prefers_a_compact_strong_lesion_to_a_wide_faint_patch() -> 
     placed = np.argwhere(prior[3] > 0.5)
     centre = tuple(np.round(placed.mean(axis=0)).astype(int))
     assert lesion[centre] and not (patch & (prior[3] > 0.5)).any()
+
+
+def test_core_median_on_a_crop_equals_the_whole_volume_filter_on_the_core() -> None:
+    """The crop padded by the footprint gives the whole-volume median exactly, also where the core
+    touches the volume's edge (reflection) and with an anisotropic footprint."""
+    rng = np.random.default_rng(3)
+    image = rng.random((40, 36, 20)).astype(np.float32)
+    core = np.zeros(image.shape, dtype=bool)
+    core[5:30, 0:20, 3:17] = True  # touches the y = 0 edge
+    core[12:16, 25:30, 8:12] = True  # a second, separate piece
+    footprint = _ball(5.0, np.array([1.0, 1.5, 2.5]))
+    level = 0.4
+    whole = ndimage.median_filter(np.where(core, image, level).astype(np.float32), footprint=footprint)
+    cropped = _core_median(image, core, level, footprint)
+    assert np.array_equal(cropped[core], whole[core])
+    assert not cropped[~core].any()

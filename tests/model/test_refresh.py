@@ -136,3 +136,23 @@ def test_resume_with_refresh_continues_exactly(stage_dirs, tmp_path) -> None:
     assert straight_rounds["epoch"].tolist() == [0, 1, 3]
     assert straight_rounds["n_scored"].eq(4).all() and straight_rounds["n_scored_tumour"].eq(2).all()
     assert straight_rounds[["dice_lesion_tumour", "dice_lesion", "dice_organs"]].notna().all().all()
+
+
+@pytest.mark.parametrize("refresh_mirror", [False, True])
+def test_refresh_rounds_mirror_only_when_asked(stage_dirs, monkeypatch, refresh_mirror) -> None:
+    """The rounds' teacher predictions follow `pseudolabels.refresh_mirror`, not the model's `inference.mirror` (on)."""
+    import medsegllm.train.refresh as refresh_module
+
+    calls = []
+    real = refresh_module.predict_volume
+
+    def recording(model, volume, device_id, **kwargs):
+        calls.append(kwargs["mirror"])
+        return real(model, volume, device_id, **kwargs)
+
+    monkeypatch.setattr(refresh_module, "predict_volume", recording)
+    root = stage_dirs["root"]
+    params = tiny_params(channels=[4, 8], epochs=1, steps_per_epoch=1, inference={"mirror": True},
+                         pseudolabels={"refresh_every": 1, "refresh_start": 1, "refresh_mirror": refresh_mirror})
+    run_train(stage_dirs["ingest"], stage_dirs["findings"], _pseudo_dir(root), root / "train", params)
+    assert calls == [refresh_mirror] * 4  # one round over the four pseudo-labelled series

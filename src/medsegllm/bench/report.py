@@ -300,9 +300,9 @@ def _demo(r: dict) -> list[str]:
         return lines + [f"No complete demo run found under `{r['data_dir']}` (needs the files of `make run`); nothing reported."]
     m, t = d["metrics"], d["train_metrics"]
     source = (["Produced by this benchmark's own `dvc repro` (section 5), the same pipeline as `make run`:", ""]
-              if r.get("pipeline") else
+              if r.get("pipeline") and r["pipeline"].get("data_dir") == r.get("data_dir") else
               ["Read as-is from the files of an earlier `make run` (not produced by this benchmark):", "",
-               *[f"- `{f['path']}` (modified {f['mtime_utc']})" for f in d["files"].values()], ""])
+               *[f"- `{f['path']}` (modified {f['mtime_utc']})" for _, f in sorted(d["files"].items())], ""])
     lines += [
         *source,
         f"Training: variant {t.get('variant')}, {t.get('parameters'):,} parameters, {t.get('steps')} steps, "

@@ -125,6 +125,23 @@ def _sublocation_centre(mask: np.ndarray, affine: np.ndarray, organ: str, locati
     return idx[region][np.argmin(np.linalg.norm(world[region] - centroid, axis=1))]
 
 
+def _core_median(image: np.ndarray, core: np.ndarray, level: float, footprint: np.ndarray) -> np.ndarray:
+    """Median filter of `image` with every voxel outside `core` set to `level`, exact on `core`, 0 elsewhere.
+
+    Outside the organ's core the median sees the organ's level, so neighbours cannot pull it.
+    Only core voxels are used downstream (every other voxel has zero weight), so the filter runs on
+    the core's bounding box padded by the footprint's half-size: the same values there, for a
+    fraction of the volume.
+    """
+    half = np.asarray(footprint.shape) // 2
+    idx = np.argwhere(core)
+    box = tuple(slice(max(lo - h, 0), min(hi + h + 1, n)) for lo, hi, h, n in zip(idx.min(0), idx.max(0), half, core.shape))
+    crop = np.where(core[box], image[box], level).astype(np.float32)
+    robust = np.zeros(image.shape, dtype=np.float32)
+    robust[box] = np.where(core[box], ndimage.median_filter(crop, footprint=footprint), 0.0)
+    return robust
+
+
 def conspicuity(image: np.ndarray, organ: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.ndarray:
     """How much a lesion-sized neighbourhood differs from its surrounding parenchyma, in noise units.
 
@@ -149,8 +166,7 @@ def conspicuity(image: np.ndarray, organ: np.ndarray, spacing: np.ndarray, radiu
         return np.zeros(image.shape, dtype=np.float32)
     level = float(np.median(values))
     noise = max(1.4826 * float(np.median(np.abs(values - level))), 1e-6)
-    # outside the organ's core the median sees the organ's level, so neighbours cannot pull it
-    robust = ndimage.median_filter(np.where(core, image, level).astype(np.float32), footprint=_ball(radius_mm / 2, spacing))
+    robust = _core_median(image, core, level, _ball(radius_mm / 2, spacing))
     typical = core & (np.abs(image - level) < PARENCHYMA_SIGMAS * noise)  # parenchyma without vessels or lesions
 
     def masked_mean(scale_mm: float, mask: np.ndarray) -> np.ndarray:

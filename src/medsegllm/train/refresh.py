@@ -165,7 +165,7 @@ class PseudoRefresh:
         """Fuse the teacher's prediction with each report's prior; swap labels and weights into the samples."""
         for t in self.targets:
             s = self.samples.series[t.index]
-            probs = predict_volume(teacher, s.image, t.device_id, mirror=teacher.train_params.inference.mirror)
+            probs = predict_volume(teacher, s.image, t.device_id, mirror=self.cfg.refresh_mirror)
             mask, _, weight = pseudo_label_series(probs, s.image, t.affine, t.lesions, t.tumour_present, self.fusion)
             s.label, s.weight = mask, weight
         self.samples.slices, self.samples.lesion_slices = index_slices(self.samples.series)
