@@ -358,6 +358,21 @@ def test_rows_say_whether_they_train_with_scanner_augmentation() -> None:
             assert not _variant_params(base, rows[key]["overrides"], 1).train.scanner_aug.enabled, key
 
 
+def test_refresh_mirrored_row_differs_from_the_full_row_only_in_refresh_mirroring() -> None:
+    """The side-by-side of refresh_mirror: the row mirrors its refresh rounds whatever params.yaml says."""
+    from medsegllm.bench.demo import ROWS, _variant_params
+    from medsegllm.config import Params
+
+    rows = {r["key"]: r for r in ROWS}
+    for mirror in (True, False):
+        base = Params.model_validate({"train": {"pseudolabels": {"refresh_mirror": mirror}}})
+        full = _variant_params(base, rows["full"]["overrides"], 1).train.model_dump()
+        mirrored = _variant_params(base, rows["refresh_mirrored"]["overrides"], 1).train.model_dump()
+        assert full["pseudolabels"]["refresh_mirror"] is mirror and mirrored["pseudolabels"]["refresh_mirror"] is True
+        full["pseudolabels"]["refresh_mirror"] = True
+        assert full == mirrored
+
+
 def test_rows_plan_runs_the_chosen_rows_on_every_seed_and_renders_means() -> None:
     from medsegllm.bench.demo import plan
     from medsegllm.bench.rows import parse_args, render

@@ -101,6 +101,9 @@ ROWS: tuple[dict, ...] = (
      "overrides": {"norm": "batch", "dan": {"enabled": True}}},
     {"key": "no_refresh", "name": "full method without pseudo-label refresh", "core": False,
      "overrides": {"pseudolabels": {"refresh_every": 0}}},
+    # the refresh rounds predicted as the pseudolabel stage's teacher does, with test-time mirroring (4x their time)
+    {"key": "refresh_mirrored", "name": "full method, refresh rounds with test-time mirroring (train.pseudolabels.refresh_mirror true)",
+     "core": False, "overrides": {"pseudolabels": {"refresh_mirror": True}}},
     # the text-conditioned head alone: the medsegllm network on the U-Net's data and losses
     {"key": "text_head", "name": "text-conditioned head, voxel labels only (no pseudo-labels, alignment, KL, PDM)",
      "core": False, "overrides": {"pseudolabels": {"enabled": False}, "alignment": {"enabled": False},
