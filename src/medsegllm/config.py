@@ -158,6 +158,10 @@ class DANParams(_Section):
     unseen_stats: Literal["shared", "test_time"] = Field(
         "shared", description="statistics for a device never seen in training: the shared branch's, or the batch's own"
     )
+    seen_stats: Literal["running", "test_time"] = Field(
+        "running", description="statistics for a device seen in training, at inference: its branch's running statistics "
+        "from training, or the batch's own, so that every scanner is normalized by its own images (AdaBN)"
+    )
 
 
 class PDMParams(_Section):

@@ -218,8 +218,12 @@ def test_table_goals_are_judged_on_the_paired_interval() -> None:
         "align": {"runs": [_run(1, js_travel=0.60, js_features=0.55), _run(2, js_travel=0.55, js_features=0.60),
                            _run(3, js_travel=0.58, js_features=0.50)]},
         "unet_aug": {"runs": [_run(1, dice_holdout=0.79), _run(2, dice_holdout=0.83), _run(3, dice_holdout=0.79)]},
+        "bn_dan_tt": {"runs": [_run(1, js_travel=0.30)]},  # an extra row: one seed
     }
-    margin, drop, beyond_aug, js, js_patients = table_goals(rows)
+    margin, drop, beyond_aug, js, js_dan, js_patients = table_goals(rows)
+    # the paper's DAN with own statistics is context, paired with + alignment on its one seed: no interval
+    assert js_dan["goal"].startswith("context") and abs(js_dan["value"] - 0.5) < 1e-9 and js_dan["met"] is None
+    assert "no interval" in js_dan["note"]
     # the DESIGN bar is judged on the travelling subjects; the validation patients' reduction is context
     assert "travelling subjects" in js["goal"] and js_patients["goal"].startswith("context")
     assert abs(js_patients["value"] - (1 - 0.50 / 0.55 + 1 - 0.40 / 0.60 + 1 - 0.60 / 0.50) / 3) < 1e-9
@@ -239,7 +243,7 @@ def test_table_goals_are_judged_on_the_paired_interval() -> None:
     assert abs(margin["value"] - 0.10) < 1e-9 and margin["met"] is False and "below the bar" in margin["note"]
     # DAN+PDM raising the divergence reads as not met; one seed has no interval: not measurable
     rows["full"]["runs"] = [_run(1, dice_holdout=0.9, js_travel=0.7, js_features=0.7)]
-    margin, _, _, js, _ = table_goals(rows)
+    margin, _, _, js, _, _ = table_goals(rows)
     assert js["value"] < 0 and js["met"] is None and margin["met"] is None and "no interval" in margin["note"]
 
 
@@ -309,7 +313,7 @@ def test_paper_table_on_a_tiny_cohort_with_two_seeds(tmp_path: Path, monkeypatch
     configured = {d for d in params.split.holdout_devices if d in holdout}
     assert table["holdout_devices"] and all(set(h) >= configured for h in table["holdout_devices"])
     assert any(holdout.values()) and all(holdout[d] for d in params.split.holdout_devices if d in holdout)
-    assert [g["met"] is None or isinstance(g["met"], bool) for g in table["goals"]] == [True] * 5
+    assert [g["met"] is None or isinstance(g["met"], bool) for g in table["goals"]] == [True] * 6
 
     text = "\n".join(_paper_table({"table": table}))
     assert "2 seeds: 5, 6" in text and "| TransUNet 0.88 (mapped to SwinUNETR) |" in text
@@ -371,6 +375,19 @@ def test_refresh_mirrored_row_differs_from_the_full_row_only_in_refresh_mirrorin
         assert full["pseudolabels"]["refresh_mirror"] is mirror and mirrored["pseudolabels"]["refresh_mirror"] is True
         full["pseudolabels"]["refresh_mirror"] = True
         assert full == mirrored
+
+
+def test_own_statistics_dan_row_differs_from_the_dan_row_only_in_seen_scanners_statistics() -> None:
+    from medsegllm.bench.demo import ROWS, _variant_params
+    from medsegllm.config import Params
+
+    rows = {r["key"]: r for r in ROWS}
+    base = Params.model_validate({})
+    dan = _variant_params(base, rows["bn_dan"]["overrides"], 1).train.model_dump()
+    own = _variant_params(base, rows["bn_dan_tt"]["overrides"], 1).train.model_dump()
+    assert dan["dan"]["seen_stats"] == "running" and own["dan"]["seen_stats"] == "test_time" and own["dan"]["enabled"]
+    dan["dan"]["seen_stats"] = "test_time"
+    assert dan == own
 
 
 def test_rows_plan_runs_the_chosen_rows_on_every_seed_and_renders_means() -> None:

@@ -108,6 +108,8 @@ def test_compiled_inference_matches_eager_with_one_graph(network: dict) -> None:
 def test_compiled_inference_refusals(monkeypatch) -> None:
     dan = _network(norm="batch", dan={"enabled": True, "unseen_stats": "test_time"})
     assert "test-time statistics" in compile_for_inference(dan)
+    seen = _network(norm="batch", dan={"enabled": True, "seen_stats": "test_time"})
+    assert "test-time statistics" in compile_for_inference(seen) and seen.fixed_batch is None
     assert dan.fixed_batch is None and getattr(dan, "_compiled_call_impl", None) is None
     assert compile_for_inference(torch.nn.Linear(2, 2)) == "not a MedSegLLM network"
     monkeypatch.setattr(compiled_module, "compile_blocker", lambda device: "no C++ compiler for inductor (test)")

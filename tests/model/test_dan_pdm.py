@@ -45,6 +45,26 @@ def test_unseen_device_with_test_time_statistics_is_normalized_by_its_own_batch(
     assert torch.allclose(norm(x), norm.device_norms[0](x))
 
 
+def test_seen_devices_with_test_time_statistics_are_normalized_by_their_own_batch() -> None:
+    """dan.seen_stats test_time: a seen scanner whose images drifted from its training statistics is standardized
+    by its own batch, with its branch's affine, as an unseen one is."""
+    norm, router = _trained_norm()
+    router.seen_test_time_stats = True
+    x = torch.randn(6, 3, 5, 5) * 7 + 40
+    router.set(torch.tensor([1] * 6), training=False, shared_prob=0.5)
+    z = (x - x.mean(dim=(0, 2, 3), keepdim=True)) / (x.var(dim=(0, 2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt()
+    branch = norm.device_norms[1]
+    assert torch.allclose(norm(x), z * branch.weight[None, :, None, None] + branch.bias[None, :, None, None], atol=1e-4)
+    assert not torch.allclose(norm(x), branch(x), atol=1e-2)
+    router.set(torch.tensor([-1] * 6), training=False, shared_prob=0.5)  # unseen ones keep unseen_stats (shared)
+    assert torch.allclose(norm(x), norm.shared_norm(x))
+    norm.train()  # training normalizes by the batch whatever the setting, and updates the running statistics
+    router.set(torch.tensor([1] * 6), training=True, shared_prob=0.0)
+    before = branch.running_mean.clone()
+    norm(x)
+    assert not torch.allclose(branch.running_mean, before)
+
+
 def test_known_device_uses_its_own_statistics_in_mixed_batches() -> None:
     norm, router = _trained_norm()
     assert not torch.allclose(norm.device_norms[0].running_mean, norm.device_norms[1].running_mean)

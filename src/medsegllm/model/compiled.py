@@ -34,12 +34,13 @@ def compile_for_inference(model: nn.Module, batch_size: int = 32, precision: str
     process), so the first series' latency does not carry it. The weights are frozen into the graph
     (oneDNN prepacks the convolutions): compile after the last weight change. Returns why the model
     stays eager, or None. The graph is built for `precision` (predict_volume's): calling with another
-    one builds a second graph. Batch-statistics normalization (DAN's test-time path for unseen scanners)
+    one builds a second graph. Batch-statistics normalization (DAN's test-time statistics, for unseen or every scanner)
     would see the padding, so such a model is not compiled.
     """
     if getattr(model, "train_params", None) is None:
         return "not a MedSegLLM network"
-    if model.router.test_time_stats and any(isinstance(m, DomainAwareNorm) for m in model.modules()):
+    if (model.router.test_time_stats or model.router.seen_test_time_stats) \
+            and any(isinstance(m, DomainAwareNorm) for m in model.modules()):
         return "DAN test-time statistics normalize each batch by itself, and padded batches would change them"
     blocker = compile_blocker(next(model.parameters()).device)
     if blocker is not None:

@@ -16,11 +16,14 @@ class DomainRouter:
 
     `route` holds, per sample, the branch index: 0..n_devices-1 for a device branch, -1 for the
     shared branch. It is a plain object (not a module) so it is not part of the state dict.
+    At inference the shared branch (`test_time_stats`) and the device branches (`seen_test_time_stats`)
+    may normalize by the batch's own statistics instead of their running ones.
     """
 
-    def __init__(self, n_devices: int, test_time_stats: bool = False) -> None:
+    def __init__(self, n_devices: int, test_time_stats: bool = False, seen_test_time_stats: bool = False) -> None:
         self.n_devices = n_devices
         self.test_time_stats = test_time_stats
+        self.seen_test_time_stats = seen_test_time_stats
         self.device_idx: torch.Tensor | None = None
         self.route: torch.Tensor | None = None
 
@@ -64,9 +67,10 @@ class DomainAwareNorm(nn.Module):
 
     def _branch_forward(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Normalize with branch `index`; at inference an unseen device may use its own batch statistics,
-        which puts it where the per-device branches put seen devices instead of on the shared mixture."""
+        which puts it where the per-device branches put seen devices instead of on the shared mixture, and so
+        may a seen device: then no scanner keeps a shift between its training statistics and today's images."""
         norm = self.branch(index)
-        if index < 0 and not self.training and self._router.test_time_stats:
+        if not self.training and (self._router.test_time_stats if index < 0 else self._router.seen_test_time_stats):
             return nn.functional.batch_norm(x, None, None, norm.weight, norm.bias, True, 0.0, norm.eps)
         return norm(x)
 
@@ -81,7 +85,8 @@ class DomainAwareNorm(nn.Module):
         route = self._router.route
         if route is None or route.shape[0] != x.shape[0]:
             raise RuntimeError("DAN routing not set for this batch: call the model with device_idx")
-        if not self.training and not self._router.test_time_stats and torch.compiler.is_compiling():
+        if not self.training and not self._router.test_time_stats and not self._router.seen_test_time_stats \
+                and torch.compiler.is_compiling():
             return self._running_normalize(x, route)
         groups = torch.unique(route).tolist()
         if len(groups) == 1:

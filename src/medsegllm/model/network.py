@@ -71,7 +71,8 @@ class _Base(nn.Module):
         self.train_params = train
         self.device_ids = list(device_ids)
         self.roi_size = tuple(train.roi_size)
-        self.router = DomainRouter(len(device_ids), test_time_stats=train.dan.unseen_stats == "test_time")
+        self.router = DomainRouter(len(device_ids), test_time_stats=train.dan.unseen_stats == "test_time",
+                                   seen_test_time_stats=train.dan.seen_stats == "test_time")
         self._bottleneck: torch.Tensor | None = None
         self.fixed_batch: int | None = None  # set by compile_for_inference: inference pads window batches to it
 
