@@ -39,8 +39,7 @@ def compile_for_inference(model: nn.Module, batch_size: int = 32, precision: str
     """
     if getattr(model, "train_params", None) is None:
         return "not a MedSegLLM network"
-    if (model.router.test_time_stats or model.router.seen_test_time_stats) \
-            and any(isinstance(m, DomainAwareNorm) for m in model.modules()):
+    if model.router.any_batch_statistics and any(isinstance(m, DomainAwareNorm) for m in model.modules()):
         return "DAN test-time statistics normalize each batch by itself, and padded batches would change them"
     blocker = compile_blocker(next(model.parameters()).device)
     if blocker is not None:

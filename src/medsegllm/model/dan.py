@@ -27,6 +27,15 @@ class DomainRouter:
         self.device_idx: torch.Tensor | None = None
         self.route: torch.Tensor | None = None
 
+    def batch_statistics(self, index: int) -> bool:
+        """Whether branch `index` (-1: shared) normalizes by the batch's own statistics at inference."""
+        return self.test_time_stats if index < 0 else self.seen_test_time_stats
+
+    @property
+    def any_batch_statistics(self) -> bool:
+        """Some branch normalizes by its batch at inference: outputs then depend on what else is in the batch."""
+        return self.test_time_stats or self.seen_test_time_stats
+
     def set(self, device_idx: torch.Tensor, training: bool, shared_prob: float) -> None:
         """Pick each sample's branch; unseen devices (-1 or >= n_devices) take the shared path."""
         device_idx = device_idx.long()
@@ -70,7 +79,7 @@ class DomainAwareNorm(nn.Module):
         which puts it where the per-device branches put seen devices instead of on the shared mixture, and so
         may a seen device: then no scanner keeps a shift between its training statistics and today's images."""
         norm = self.branch(index)
-        if not self.training and (self._router.test_time_stats if index < 0 else self._router.seen_test_time_stats):
+        if not self.training and self._router.batch_statistics(index):
             return nn.functional.batch_norm(x, None, None, norm.weight, norm.bias, True, 0.0, norm.eps)
         return norm(x)
 
@@ -85,8 +94,7 @@ class DomainAwareNorm(nn.Module):
         route = self._router.route
         if route is None or route.shape[0] != x.shape[0]:
             raise RuntimeError("DAN routing not set for this batch: call the model with device_idx")
-        if not self.training and not self._router.test_time_stats and not self._router.seen_test_time_stats \
-                and torch.compiler.is_compiling():
+        if not self.training and not self._router.any_batch_statistics and torch.compiler.is_compiling():
             return self._running_normalize(x, route)
         groups = torch.unique(route).tolist()
         if len(groups) == 1:
