@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from medsegllm.bench import model as bench_model
+from medsegllm.bench import run as bench_run
 from medsegllm.bench.report import SECTIONS, render
 from medsegllm.bench.run import main
 from medsegllm.config import Params
@@ -91,6 +92,20 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path, monkeypatch) -> Non
                                     "data_dir": "/tmp/the-full-runs-copy/data"}}
     assert "Read as-is from the files of an earlier `make run`" in render(piped)
     assert "Produced by this benchmark's own `dvc repro`" in render({**piped, "data_dir": "/tmp/the-full-runs-copy/data"})
+
+    # the timed `dvc repro` again (faked here; tests/code/test_bench_pipeline.py runs the real one), the reports
+    # benchmark on its copy's cohort; the demo figures stay those of the folder given before
+    timed = {**piped["pipeline"], "data_dir": str(tmp_path / "copy" / "data")}
+    reports_on = []
+    monkeypatch.setattr(bench_run, "bench_pipeline", lambda project, work, env: timed)
+    monkeypatch.setattr(bench_run, "bench_reports", lambda cohort, backends, params: reports_on.append(cohort))
+    main(["--only", "pipeline", "--out-md", str(out_md), "--out-json", str(out_json)])
+    fifth = json.loads(out_json.read_text())
+    assert fifth["pipeline"] == timed and reports_on == [tmp_path / "copy" / "data" / "cohort"]
+    kept = ("pipeline", "reports", "remeasured")
+    assert {k: v for k, v in fifth.items() if k not in kept} == {k: v for k, v in fourth.items() if k not in kept}
+    assert [e["section"] for e in fifth["remeasured"]] == ["ingest", "models", "demo", "pipeline"]
+    assert "Section `pipeline` re-measured" in out_md.read_text() and render(fifth) == out_md.read_text()
 
     # three rounds of the models section: the median round by the engine goal figure is shown, every round named
     rounds = []

@@ -17,7 +17,7 @@ from medsegllm.reports import embed
 from medsegllm.reports.backends import NO_LESION, describe_findings, get_backend
 from medsegllm.reports.extract import extract_findings
 from medsegllm.reports.guard import check_sentence
-from medsegllm.reports.llm.local import TransformersGenerator
+from medsegllm.reports.llm.local import TransformersGenerator, split_prompt
 from medsegllm.reports.llm.prompt import messages
 from medsegllm.reports.run import run_reports
 from tests.code.test_reports_run import fake_encode
@@ -87,6 +87,52 @@ def test_batched_left_padded_generation_equals_one_by_one(tiny_model):
     one = TransformersGenerator(tiny_model, "tiny", max_new_tokens=24, batch_size=1).generate(chats)
     batched = TransformersGenerator(tiny_model, "tiny", max_new_tokens=24, batch_size=3).generate(chats)
     assert batched == one and one[:2] == [HCC_SENTENCE, NO_LESION]
+
+
+def test_shared_prompt_prefix_is_run_once_and_changes_no_completion(tiny_model, monkeypatch):
+    """Every chat shares the system message and worked examples: one prefix forward serves every batch,
+    and each completion equals plain greedy generation of its whole prompt, unpadded and uncached."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    chats = [messages(HCC), messages(None), messages({**HCC, "size_mm": 7.0, "location": None}),
+             messages({**HCC, "organ": "kidney", "laterality": "left", "subtype": "rcc"})]
+    prefixes = []
+    real_prefix_cache = TransformersGenerator._prefix_cache
+    monkeypatch.setattr(TransformersGenerator, "_prefix_cache",
+                        lambda self, prefix: prefixes.append(len(prefix)) or real_prefix_cache(self, prefix))
+    cached = TransformersGenerator(tiny_model, "tiny", max_new_tokens=24, batch_size=3).generate(chats)
+    assert len(prefixes) == 1 and prefixes[0] > 0
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, local_files_only=True).eval()
+    plain = []
+    for chat in chats:
+        prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        plain.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
+    assert cached == plain and cached[:2] == [HCC_SENTENCE, NO_LESION]
+
+
+def test_prompt_split_is_kept_only_where_it_is_exact(tiny_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model, local_files_only=True)
+    chat = messages(HCC)
+    whole = tokenizer(tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True),
+                      add_special_tokens=False)["input_ids"]
+    prefix, suffix = split_prompt(tokenizer, chat)
+    assert prefix == tokenizer(tokenizer.apply_chat_template(chat[:-1], tokenize=False), add_special_tokens=False)["input_ids"]
+    assert prefix + suffix == whole and 0 < len(suffix) < len(prefix)
+    assert split_prompt(tokenizer, chat[-1:]) == ([], whole[len(prefix) :])  # one message: nothing to share
+    # a template that marks the last message renders the earlier ones differently once another follows
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if loop.last %}<|last|>{% endif %}<|{{ m['role'] }}|>{{ m['content'] }}</s>"
+        "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    marked = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert split_prompt(tokenizer, chat) == ([], tokenizer(marked, add_special_tokens=False)["input_ids"])
 
 
 class _Scripted:

@@ -71,12 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpu-json", type=Path, default=Path("benchmarks/gpu.json"),
                         help="a GPU run of benchmarks/gpu.sh to report beside this run's figures, if present")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a fresh temp folder)")
-    parser.add_argument("--only", choices=["ingest", "models", "demo"], default=None,
+    parser.add_argument("--only", choices=["ingest", "models", "pipeline", "demo"], default=None,
                         help="re-measure this section only and keep every other figure of --out-json's run "
                              "(the file says which run each section comes from); models: training and inference, "
-                             "measured together because inference runs the models just trained; demo: --data-dir's "
-                             "`make run` figures and the paper's table retrained on its data (the timed `dvc repro` "
-                             "and the reports benchmark stay the full run's)")
+                             "measured together because inference runs the models just trained; pipeline: the timed "
+                             "`dvc repro` in a fresh copy of the project and the reports benchmark on its cohort; "
+                             "demo: --data-dir's `make run` figures and the paper's table retrained on its data")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.extra_seeds < 0:
         parser.error("--seeds must be >= 1 and --extra-seeds >= 0")
@@ -108,14 +108,11 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="medsegllm-pipeline-", dir=args.workdir) as pipeline_work:
         data_dir = args.data_dir
         if not args.no_pipeline:
-            print("[bench] pipeline: dvc repro in a fresh copy of the project, then a no-op rerun", file=sys.stderr)
-            from medsegllm.common.deid import resolve_salt
-
-            ingest = params.ingest
-            results["pipeline"] = bench_pipeline(Path.cwd(), Path(pipeline_work), {ingest.salt_env: resolve_salt(ingest)})
+            results["pipeline"] = measure_pipeline(Path(pipeline_work), params)
             data_dir = Path(results["pipeline"]["data_dir"])
         results["data_dir"] = str(data_dir)
-        _demo_and_reports(results, args, data_dir, params)
+        results["demo"] = measure_demo(args, data_dir, params)
+        results["reports"] = measure_reports(args, data_dir, params)
     gpu_json = Path(args.gpu_json)
     results["gpu_run"] = json.loads(gpu_json.read_text()) if gpu_json.exists() else None
     results["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
@@ -173,6 +170,13 @@ def remeasure(args: argparse.Namespace, command: str) -> dict:
         results["ingest"] = measure_ingest(args)
     elif args.only == "models":
         results["devices"] = measure_models(args)
+    elif args.only == "pipeline":
+        from medsegllm.config import load_params
+
+        params = load_params()
+        with tempfile.TemporaryDirectory(prefix="medsegllm-pipeline-", dir=args.workdir) as work:
+            results["pipeline"] = measure_pipeline(Path(work), params)
+            results["reports"] = measure_reports(args, Path(results["pipeline"]["data_dir"]), params)
     else:
         from medsegllm.config import load_params
 
@@ -198,11 +202,18 @@ def measure_demo(args: argparse.Namespace, data_dir: Path, params: Params) -> di
     return demo
 
 
-def _demo_and_reports(results: dict, args: argparse.Namespace, data_dir: Path, params: Params) -> None:
-    """The demo section (`measure_demo`); the reports benchmark on its cohort."""
-    results["demo"] = measure_demo(args, data_dir, params)
+def measure_pipeline(work: Path, params: Params) -> dict:
+    """Section 5: `dvc repro` of this project in a fresh copy under `work`, then a no-op rerun."""
+    from medsegllm.common.deid import resolve_salt
+
+    print("[bench] pipeline: dvc repro in a fresh copy of the project, then a no-op rerun", file=sys.stderr)
+    return bench_pipeline(Path.cwd(), work, {params.ingest.salt_env: resolve_salt(params.ingest)})
+
+
+def measure_reports(args: argparse.Namespace, data_dir: Path, params: Params) -> dict | None:
+    """Section 4 on the cohort of `data_dir`: extraction against the truth, describe per backend."""
     print(f"[bench] reports: extraction vs truth, describe with {args.reports_backends}", file=sys.stderr)
-    results["reports"] = bench_reports(data_dir / "cohort", args.reports_backends, params.reports)
+    return bench_reports(data_dir / "cohort", args.reports_backends, params.reports)
 
 
 def write_outputs(results: dict, out_md: Path, out_json: Path) -> None:
