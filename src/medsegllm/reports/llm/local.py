@@ -82,7 +82,8 @@ class TransformersGenerator:
         return out
 
     def _prefix_cache(self, prefix: list[int]):
-        """The model's key/value cache of `prefix` (one row), or None for an empty prefix."""
+        """The model's key/value cache of `prefix` (one row), or None for an empty prefix; built from the model's
+        config, as generate builds its own, so sliding-window layers keep their window."""
         import torch
         from transformers import DynamicCache
 
@@ -90,7 +91,7 @@ class TransformersGenerator:
             return None
         _, model = self._loaded
         with torch.inference_mode():
-            return model(torch.tensor([prefix]), cache=DynamicCache(), use_cache=True).cache
+            return model(torch.tensor([prefix]), cache=DynamicCache(config=model.config), use_cache=True).cache
 
     def _complete(self, prefix: list[int], cache, suffixes: list[list[int]]) -> list[str]:
         """Greedy completions of `prefix + suffix` for each suffix: rows are prefix, padding, suffix, so the
