@@ -216,6 +216,10 @@ class PostprocessParams(_Section):
         8.0, ge=0, description="lesion components smaller than a sphere of this diameter are dropped (0: keep all)"
     )
     lesions_in_organs: bool = Field(True, description="drop lesion components that touch no organ a lesion subtype occurs in")
+    organ_bodies: bool = Field(
+        True, description="keep only each organ's largest connected components, as many as the knowledge base's `bodies` "
+        "(one liver, two kidneys); the organ's other components become background"
+    )
 
 
 class InferenceParams(_Section):

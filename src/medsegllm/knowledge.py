@@ -20,8 +20,11 @@ CLASS_PROMPTS: dict[str, str] = {
     "lesion": "a focal tumour lesion within the liver or kidney",
 }
 
+# `bodies`: how many separate bodies the organ has in one patient (two kidneys, one liver); the
+# pseudo-label prior and the label maps keep that many connected components of it.
 ORGANS: dict[str, dict] = {
     "liver": {
+        "bodies": 1,
         "synonyms": ["liver", "hepatic", "hepar"],
         "sublocations": {
             "right lobe": ["right lobe", "right hepatic lobe", "segment vi", "segment vii", "segment viii"],
@@ -30,6 +33,7 @@ ORGANS: dict[str, dict] = {
         },
     },
     "kidney": {
+        "bodies": 2,
         "synonyms": ["kidney", "renal"],
         "sublocations": {
             "upper pole": ["upper pole", "superior pole"],

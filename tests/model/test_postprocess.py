@@ -8,6 +8,7 @@ from medsegllm.knowledge import LESION_CLASS, SEG_CLASSES
 from medsegllm.model.postprocess import HOST_CLASSES, label_map, sphere_volume_mm3
 
 LIVER = SEG_CLASSES.index("liver")
+KIDNEY = SEG_CLASSES.index("kidney")
 
 
 def _probs(shape: tuple[int, ...]) -> np.ndarray:
@@ -60,6 +61,39 @@ def test_size_is_physical_volume(spacing: tuple[float, float, float], kept: bool
     assert sphere_volume_mm3(3.0) == pytest.approx(14.137, abs=1e-3)
     labels = label_map(probs, spacing, cfg)
     assert bool((labels == LESION_CLASS).sum() == 18) == kept
+
+
+def test_organ_specks_become_background_and_both_kidneys_stay() -> None:
+    probs = _probs((24, 24, 8))
+    probs[KIDNEY][14:18, 2:6, 2:6] = 0.95  # left kidney, 64 voxels
+    probs[KIDNEY][14:18, 16:19, 2:6] = 0.95  # right kidney, 48 voxels
+    probs[KIDNEY][21, 21, 6] = 0.95  # kidney speck
+    probs[LIVER][22, 2, 1] = 0.95  # liver speck, far from the liver block (x < 12)
+    labels = label_map(probs, (1.0, 1.0, 1.0), PostprocessParams())
+    assert (labels == KIDNEY).sum() == 64 + 48
+    assert labels[21, 21, 6] == 0 and labels[22, 2, 1] == 0
+    assert (labels[:12] == LIVER).all()
+    kept = label_map(probs, (1.0, 1.0, 1.0), PostprocessParams(organ_bodies=False))
+    assert kept[21, 21, 6] == KIDNEY and kept[22, 2, 1] == LIVER
+
+
+def test_organ_parts_touching_at_an_edge_are_one_body() -> None:
+    probs = _probs((24, 24, 8))
+    probs[LIVER][12, 12, 4] = 0.95  # touches the liver block (x 0-11) only along an edge of voxel (11, 11, 4)
+    probs[LIVER][11, 12:, :] = 0.1
+    probs[LIVER][12:, 11, :] = 0.1
+    labels = label_map(probs, (1.0, 1.0, 1.0), PostprocessParams())
+    assert labels[12, 12, 4] == LIVER
+
+
+def test_a_dropped_lesion_leaves_no_organ_speck_behind() -> None:
+    probs = _probs((24, 24, 8))
+    _paint_lesion(probs, (slice(20, 22), slice(20, 22), slice(5, 7)))  # far from the liver
+    probs[LIVER][20:22, 20:22, 5:7] = 0.9  # its next most probable class: liver
+    labels = label_map(probs, (1.0, 1.0, 1.0), PostprocessParams(min_lesion_diameter_mm=0.0))
+    assert not (labels[20:22, 20:22, 5:7] == LESION_CLASS).any()
+    assert (labels[20:22, 20:22, 5:7] == 0).all()
+    assert (labels[:12] == LIVER).all()
 
 
 def test_disabled_is_the_plain_argmax() -> None:

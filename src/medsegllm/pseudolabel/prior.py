@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from medsegllm.common.io import spacing_of
-from medsegllm.knowledge import LESION_CLASS, SEG_CLASSES, SUBTYPES
+from medsegllm.knowledge import LESION_CLASS, ORGANS, SEG_CLASSES, SUBTYPES
 
 _NEGATED = {"negated", "absent", "no", "none", "ruled out", "excluded"}
 _CERTAINTY = {"definite": 1.0, "certain": 1.0, "probable": 0.8, "likely": 0.8, "possible": 0.5, "suspected": 0.6}
@@ -81,7 +81,7 @@ def lesion_host(mask: np.ndarray, affine: np.ndarray, organ: str, laterality: st
     if organ == "kidney" and laterality in ("left", "right"):
         mask = _kidney_side(mask, affine, laterality)  # one body already
     else:
-        mask = _largest(mask, 2 if organ == "kidney" else 1)
+        mask = _largest(mask, ORGANS[organ]["bodies"])
     ball = _ball(radius_mm / 2, spacing_of(affine))
     pad = max(ball.shape)
     closed = ndimage.binary_closing(np.pad(mask, pad), structure=ball)[pad:-pad, pad:-pad, pad:-pad] | mask

@@ -15,7 +15,7 @@ from medsegllm.knowledge import ORGANS, SUBTYPES
 Mention = tuple[int, int, object]
 
 # Organs that come in pairs, where laterality is part of the location.
-PAIRED_ORGANS: tuple[str, ...] = ("kidney",)
+PAIRED_ORGANS: tuple[str, ...] = tuple(organ for organ, entry in ORGANS.items() if entry["bodies"] == 2)
 
 # Nouns that name a focal lesion without a subtype.
 _GENERIC_LESION = r"lesions?|mass(?:es)?|tumou?rs?|nodules?|neoplasms?|malignanc(?:y|ies)|carcinomas?|cancers?"
