@@ -112,10 +112,10 @@ ROWS: tuple[dict, ...] = (
     {"key": "text_head", "name": "text-conditioned head, voxel labels only (no pseudo-labels, alignment, KL, PDM)",
      "core": False, "overrides": {"pseudolabels": {"enabled": False}, "alignment": {"enabled": False},
                                   "kl": {"enabled": False}, "pdm": {"enabled": False}}},
-    # what the knowledge-base lesion post-processing (model/postprocess.py) changes in the scores
-    {"key": "unet_raw", "name": "plain MONAI U-Net, raw argmax (no lesion post-processing)", "core": False,
+    # what the knowledge-base organ and lesion post-processing (model/postprocess.py) changes in the scores
+    {"key": "unet_raw", "name": "plain MONAI U-Net, raw argmax (no organ or lesion post-processing)", "core": False,
      "overrides": {"variant": "unet_baseline", "postprocess": {"enabled": False}, **NO_SCANNER_AUG}},
-    {"key": "full_raw", "name": "full method, raw argmax (no lesion post-processing)", "core": False,
+    {"key": "full_raw", "name": "full method, raw argmax (no organ or lesion post-processing)", "core": False,
      "overrides": {"postprocess": {"enabled": False}}},
     # every train slice drawn alike: the ~5 voxel-labelled series then give ~1 slice in 8 (the default until session 7)
     {"key": "uniform_draw", "name": "full method, every slice drawn alike (train.labelled_share null)",
