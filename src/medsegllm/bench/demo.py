@@ -137,7 +137,7 @@ PAPER = {
 COLUMNS = {
     "dice": "dice_mean", "dice_ct": "per_modality:CT", "dice_mr": "per_modality:MR",
     "dice_seen": "dice_seen_devices", "dice_holdout": "dice_holdout_devices", "dice_liver": "dice_liver",
-    "dice_kidney": "dice_kidney", "dice_lesion": "dice_lesion",
+    "dice_kidney": "dice_kidney", "dice_lesion": "dice_lesion", "hd95": "hd95_mean",
     "js_features": "js_features", "js_travel": "travel:js_travel", "js_travel_retest": "travel:js_travel_retest",
     "pseudo_dice_final": "train:pseudo_dice_lesion_tumour_last",
     "lesions_fp": "lesions_false_positive",

@@ -356,7 +356,7 @@ def _ci(stats: dict | None, digits: int = 3) -> str:
 
 TABLE_COLUMNS = (("dice", "Dice overall"), ("dice_ct", "CT"), ("dice_mr", "MR"), ("dice_seen", "seen devices"),
                  ("dice_holdout", "held-out devices"), ("dice_liver", "liver"), ("dice_kidney", "kidney"),
-                 ("dice_lesion", "lesion Dice"), ("js_features", "feature JS, validation patients"),
+                 ("dice_lesion", "lesion Dice"), ("hd95", "HD95 mm"), ("js_features", "feature JS, validation patients"),
                  ("js_travel", "feature JS, travelling subjects"),
                  ("pseudo_dice_final", "pseudo-label lesion Dice, final"), ("lesions_fp", "false-positive lesions"))
 
@@ -379,7 +379,10 @@ def _paper_table(d: dict) -> list[str]:
         "cohort: they stand beside ours, they are not reproduced by this run. Dice overall is the mean of the "
         "liver, kidney and lesion Dice over the validation series, a series' lesion Dice counting only where its "
         "reference or its prediction has a lesion: a false-positive lesion in a lesion-free series adds a lesion "
-        "Dice of 0 to the mean, so the liver and kidney columns show organ quality apart from lesion errors."
+        "Dice of 0 to the mean, so the liver and kidney columns show organ quality apart from lesion errors. HD95: "
+        "the 95th-percentile Hausdorff distance in mm (MONAI), averaged over the series and the classes both the "
+        "prediction and the reference have (a class missing on either side is left out, so a missed lesion "
+        "does not raise it)."
         + {True: " Every row predicts with test-time mirroring (`train.inference.mirror`: the mean softmax of the volume "
                  "and its x, y and x+y mirror images), its pseudo-label teachers too.",
            False: " No row predicts with test-time mirroring (`train.inference.mirror` off)."}.get(t.get("inference_mirror"), ""),
@@ -394,7 +397,7 @@ def _paper_table(d: dict) -> list[str]:
             shown += " (mapped to SwinUNETR)"
         fewer = "" if len(row["seeds"]) == len(seeds) else " (fewer seeds, to fit the time budget)"
         lines.append(f"| {row['name']}{fewer} | {len(row['seeds'])} | "
-                     + " | ".join(_ci(row["summary"][c], 1 if c == "lesions_fp" else 3) for c, _ in TABLE_COLUMNS)
+                     + " | ".join(_ci(row["summary"][c], 1 if c in ("lesions_fp", "hd95") else 3) for c, _ in TABLE_COLUMNS)
                      + f" | {shown} |")
     held_out = t["holdout_devices"]
     lines += ["", "Held-out devices (in no model's training data): " + ", ".join(held_out[0]) if len(held_out) == 1 else
