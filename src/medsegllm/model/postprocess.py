@@ -48,23 +48,25 @@ def label_map(probs: np.ndarray, spacing: tuple[float, ...], cfg: PostprocessPar
     return labels
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Connected components, voxels touching by a face, an edge or a corner."""
-    return ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, mask.ndim))
+def _components(mask: np.ndarray, faces_only: bool = False) -> tuple[np.ndarray, int]:
+    """Connected components: voxels touching by a face, an edge or a corner (by a face only with `faces_only`)."""
+    return ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1 if faces_only else mask.ndim))
+
+
+def largest_components(mask: np.ndarray, keep: int, faces_only: bool = False) -> np.ndarray:
+    """`mask` reduced to its `keep` largest connected components (ties: the later component first)."""
+    components, n = _components(mask, faces_only)
+    if n <= keep:
+        return mask
+    sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
+    return np.isin(components, np.argsort(sizes, kind="stable")[::-1][:keep] + 1)
 
 
 def keep_organ_bodies(labels: np.ndarray) -> None:
     """Each organ's voxels outside its `bodies` largest components become background, in place."""
     for organ, bodies in ORGAN_BODIES.items():
-        components, n = _components(labels == organ)
-        if n <= bodies:
-            continue
-        sizes = np.bincount(components.ravel(), minlength=n + 1)
-        sizes[0] = 0
-        keep = np.zeros(n + 1, dtype=bool)
-        keep[np.argsort(sizes, kind="stable")[::-1][:bodies]] = True
-        keep[0] = True
-        labels[~keep[components]] = SEG_CLASSES.index("background")
+        mask = labels == organ
+        labels[mask & ~largest_components(mask, bodies)] = SEG_CLASSES.index("background")
 
 
 def drop_lesions(labels: np.ndarray, probs: np.ndarray, spacing: tuple[float, ...], cfg: PostprocessParams) -> bool:

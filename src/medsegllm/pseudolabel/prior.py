@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from medsegllm.common.io import spacing_of
 from medsegllm.knowledge import LESION_CLASS, ORGANS, SEG_CLASSES, SUBTYPES
+from medsegllm.model.postprocess import largest_components
 
 _NEGATED = {"negated", "absent", "no", "none", "ruled out", "excluded"}
 _CERTAINTY = {"definite": 1.0, "certain": 1.0, "probable": 0.8, "likely": 0.8, "possible": 0.5, "suspected": 0.6}
@@ -52,15 +53,6 @@ def _kidney_side(mask: np.ndarray, affine: np.ndarray, laterality: str | None) -
     return labels == pick
 
 
-def _largest(mask: np.ndarray, keep: int) -> np.ndarray:
-    """The `keep` largest connected components (teacher fragments elsewhere are not the organ)."""
-    labels, n = ndimage.label(mask)
-    if n <= keep:
-        return mask
-    sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
-    return np.isin(labels, np.argsort(sizes)[::-1][:keep] + 1)
-
-
 def _ball(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
     """Boolean ellipsoidal structuring element of `radius_mm` on the voxel grid."""
     reach = np.maximum(np.floor(radius_mm / np.asarray(spacing, dtype=np.float64)), 0).astype(int)
@@ -81,7 +73,7 @@ def lesion_host(mask: np.ndarray, affine: np.ndarray, organ: str, laterality: st
     if organ == "kidney" and laterality in ("left", "right"):
         mask = _kidney_side(mask, affine, laterality)  # one body already
     else:
-        mask = _largest(mask, ORGANS[organ]["bodies"])
+        mask = largest_components(mask, ORGANS[organ]["bodies"], faces_only=True)
     ball = _ball(radius_mm / 2, spacing_of(affine))
     pad = max(ball.shape)
     closed = ndimage.binary_closing(np.pad(mask, pad), structure=ball)[pad:-pad, pad:-pad, pad:-pad] | mask
