@@ -11,6 +11,7 @@ def validate(
     params_yaml: str,
     cohort: Input[Dataset],
     ingested: Input[Dataset],
+    findings: Input[Dataset],
     pseudolabels: Input[Dataset],
     model: Input[Model],
     validation: Output[Dataset],
@@ -30,7 +31,7 @@ def validate(
     truth = Path(cohort.path) / "truth"
     truth = truth if truth.is_dir() else None
     run_validate(Path(model.path) / "model.pt", Path(ingested.path), out, params, truth_dir=truth,
-                 pseudo_dir=Path(pseudolabels.path), train_dir=Path(model.path))
+                 pseudo_dir=Path(pseudolabels.path), train_dir=Path(model.path), findings_dir=Path(findings.path))
     run_check("validate", out)
     for name, value in json.loads((out / "metrics.json").read_text()).items():
         if value is not None:  # metrics.json writes null for a value that could not be measured

@@ -94,7 +94,8 @@ def stage_argv(stage: str, run: dict, shard: int | None = None) -> list[str]:
                           "--pseudolabels", out["pseudolabel"], "--out", out["train"], *truth,
                           "--nproc-per-node", 0],  # one process per GPU the task was given (torchrun)
         "validate": lambda: ["validate", "--model", layout.model, "--ingested", out["ingest"], "--out", out["validate"],
-                             "--pseudolabels", out["pseudolabel"], "--train-dir", out["train"], *truth],
+                             "--pseudolabels", out["pseudolabel"], "--train-dir", out["train"],
+                             "--findings", out["reports"], *truth],
         "register": lambda: ["register", "--model", layout.model, "--validation", out["validate"], "--out", out["register"]],
     }[stage]()
     plan_only = stage in ("ingest_plan", "ingest_merge")  # these two read no params

@@ -63,7 +63,8 @@ def _stages(params_yaml: str, cohort, ingest_shards: int, data_version: str, gpu
     trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)  # >1: torchrun inside the task
     trained.set_cpu_limit(str(8 * gpus)).set_memory_limit(f"{32 * gpus}G")
     validated = validate(params_yaml=params_yaml, cohort=cohort, ingested=ingested.outputs["ingested"],
-                         pseudolabels=pseudo.outputs["pseudolabels"], model=trained.outputs["model"])
+                         findings=findings.outputs["findings"], pseudolabels=pseudo.outputs["pseudolabels"],
+                         model=trained.outputs["model"])
     validated.set_display_name("validate + gates")
     registered = register(params_yaml=params_yaml, model=trained.outputs["model"],
                           validation=validated.outputs["validation"]).set_display_name("register + gate")

@@ -242,6 +242,7 @@ def validate(
     train_dir: Annotated[Optional[Path], typer.Option("--train-dir", help="For the training curve in the report.")] = None,
     reference_checkpoint: Annotated[Optional[Path], typer.Option("--reference-checkpoint", help="model.pt of the same network trained with train.dan.enabled=false and train.pdm.enabled=false: its feature JS is reported as js_features_without_dan_pdm.")] = None,
     mirror: MirrorOpt = None,
+    findings: Annotated[Optional[Path], typer.Option("--findings", help="Output folder of `reports`: the series whose study has a report are also scored report-guided, as `segment --reports` labels them (dice_*_report_guided).")] = None,
 ) -> None:
     """Dice/HD95 per device and modality, cross-device JS divergence, model gates; exits 1 when a gate fails."""
     from medsegllm.validate.run import GateFailed, run_validate
@@ -252,7 +253,7 @@ def validate(
     try:
         result = run_validate(model, ingested, out, params, truth_dir=truth,
                               pseudo_dir=pseudolabels, train_dir=train_dir,
-                              reference_model_path=reference_checkpoint)
+                              reference_model_path=reference_checkpoint, findings_dir=findings)
     except GateFailed as exc:
         _fail(f"validation gate failed:\n{exc}")
     _print(result)
@@ -280,8 +281,10 @@ def segment(
     params_file: ParamsOpt = Path("params.yaml"),
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the network first (10-40 s once on CPU): pays off on folders with many series.")] = False,
     mirror: MirrorOpt = None,
+    reports: Annotated[Path | None, typer.Option("--reports", help="Radiology reports of these studies (JSONL/CSV with accession_number or study_instance_uid and report_text, or a folder with DICOM SR), as `reports` reads: a reported study's lesions are placed from its report over the model's organs (report-guided); other series get the model's label map.")] = None,
 ) -> None:
     """Segment new DICOM series: one DICOM SEG and one NIfTI label map per series, plus segment_summary.json."""
+    from medsegllm.segment.guided import ReportsUnreadable
     from medsegllm.segment.run import run_segment
     from medsegllm.segment.source import ModelUnavailable
 
@@ -289,8 +292,8 @@ def segment(
     if not input.is_dir():
         _fail(f"--input {input} is not a folder")
     try:
-        result = run_segment(model, input, out, params, _salt(params), compile=compile, mirror=mirror)
-    except ModelUnavailable as exc:
+        result = run_segment(model, input, out, params, _salt(params), compile=compile, mirror=mirror, reports=reports)
+    except (ModelUnavailable, ReportsUnreadable) as exc:
         _fail(str(exc))
     _print(result)
     if result["n_series"]:

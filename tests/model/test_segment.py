@@ -415,3 +415,68 @@ def test_enhanced_object_with_two_echoes_gets_one_series_and_seg_per_echo(checkp
             z = int(np.argmin([np.abs(p - position).sum() for p in slice_positions]))  # the label's slice there
             assert z in labelled
             np.testing.assert_array_equal(plane, label[:, :, z].T > 0)
+
+
+def _organs_without_lesions(model, volume, device_id, mirror):
+    """A network that finds a liver and a kidney but no lesion, as the demo's CPU-trained model does."""
+    x, y = volume.shape[:2]
+    probs = np.zeros((len(SEG_CLASSES), *volume.shape), dtype=np.float32)
+    probs[0] = 1.0
+    probs[0, x // 10 : x // 2, y // 4 : 3 * y // 4] = 0.0
+    probs[SEG_CLASSES.index("liver"), x // 10 : x // 2, y // 4 : 3 * y // 4] = 1.0
+    return probs
+
+
+def _report_lesions(cohort: Path) -> dict[str, tuple[int, int]]:
+    """(grounded lesions, liver lesions) per accession number of the cohort's reports (the reports stage's extractor)."""
+    from medsegllm.reports.extract import extract_findings
+
+    rows = [json.loads(line) for line in (cohort.parent / "reports.jsonl").read_text().splitlines()]
+    found = {row["accession_number"]: extract_findings(row["report_text"]).lesions for row in rows}
+    return {key: (len(lesions), sum(item["organ"] == "liver" for item in lesions)) for key, lesions in found.items()}
+
+
+def test_reports_place_the_lesions_the_model_misses(checkpoint: Path, cohort: Path, tmp_path: Path, monkeypatch):
+    """`--reports`: a reported study's lesions appear in its label map and SEG, a lesion-free report's
+    series gets none, and a report keyed by StudyInstanceUID finds its series as well as one keyed by
+    AccessionNumber; without reports the same model's maps hold no lesion."""
+    monkeypatch.setattr(segment_run, "predict_volume", _organs_without_lesions)
+    lesion = SEG_CLASSES.index("lesion")
+    expected = _report_lesions(cohort)
+    assert {liver > 0 for _, liver in expected.values()} == {True, False}  # the cohort has both kinds of study
+    accession_of = {pseudonym(uid, SALT): str(datasets[0].AccessionNumber) for uid, datasets in _source_series(cohort).items()}
+
+    plain = run_segment(str(checkpoint), cohort, tmp_path / "plain", Params(), SALT)
+    assert plain["n_report_guided"] == 0 and all(r["report_lesions"] is None for r in plain["series"])
+    for row in plain["series"]:
+        assert not (load_nifti(tmp_path / "plain" / row["nifti"])[0] == lesion).any()
+
+    by_study = tmp_path / "by_study.jsonl"
+    study_of = {str(ds[0].AccessionNumber): str(ds[0].StudyInstanceUID) for ds in _source_series(cohort).values()}
+    by_study.write_text("".join(json.dumps({"study_instance_uid": study_of[row["accession_number"]],
+                                            "report_text": row["report_text"]}) + "\n"
+                                for row in map(json.loads, (cohort.parent / "reports.jsonl").read_text().splitlines())
+                                if row["accession_number"] in study_of))
+    for reports in (cohort.parent / "reports.jsonl", by_study):
+        out = tmp_path / reports.stem
+        summary = run_segment(str(checkpoint), cohort, out, Params(), SALT, reports=reports)
+        assert summary["n_report_guided"] == summary["n_series"] > 0
+        for row in summary["series"]:
+            n_reported, n_liver = expected[accession_of[row["series_id"]]]
+            assert row["report_lesions"] == n_reported
+            label = load_nifti(out / row["nifti"])[0]
+            assert (label == lesion).any() == (n_liver > 0), row["series_id"]  # the stand-in network finds no kidney
+            if n_liver:
+                assert "lesion" in row["segments"]  # the SEG carries it too
+
+
+def test_cli_refuses_unreadable_reports(checkpoint: Path, cohort: Path, tmp_path: Path):
+    missing = CliRunner().invoke(app, ["segment", "--model", str(checkpoint), "--input", str(cohort), "--out",
+                                       str(tmp_path / "out"), "--reports", str(tmp_path / "none.jsonl")])
+    assert missing.exit_code == 1 and "not found" in missing.output
+    keyless = tmp_path / "keyless.jsonl"
+    keyless.write_text(json.dumps({"report_text": "Liver: a 20 mm metastasis."}) + "\n")
+    bad = CliRunner().invoke(app, ["segment", "--model", str(checkpoint), "--input", str(cohort), "--out",
+                                   str(tmp_path / "out2"), "--reports", str(keyless)])
+    assert bad.exit_code == 1 and "accession_number" in bad.output
+    assert not (tmp_path / "out2" / "segment_summary.json").exists()

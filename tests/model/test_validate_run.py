@@ -249,3 +249,37 @@ def html_unescape(text: str) -> str:
     import html
 
     return html.unescape(text)
+
+
+def test_reported_series_are_also_scored_report_guided(ingest_dir: Path, model_path: Path, tmp_path: Path, monkeypatch):
+    """With the reports stage's findings, each validation series whose study has a report is scored a second
+    time on the report-guided label map (`segment --reports`); the image-only figures stay as they were."""
+    import shutil
+
+    from medsegllm.validate import run as validate_run
+
+    ingested = tmp_path / "ingested"
+    shutil.copytree(ingest_dir, ingested)
+    manifest = pd.read_parquet(ingested / "manifest.parquet")
+    manifest["accession_id"] = [f"acc{i}" for i in range(len(manifest))]
+    write_parquet(ingested / "manifest.parquet", manifest)
+    lesion = {"organ": "liver", "size_mm": 12.0, "subtype": "metastasis", "certainty": "definite"}
+    findings = pd.DataFrame({"accession_id": ["acc2", "acc3"], "tumour_present": [True, False],
+                             "lesions_json": [json.dumps([lesion]), "[]"]})
+    write_parquet(tmp_path / "findings" / "findings.parquet", findings)  # acc4 (series s04) has no report
+    calls = {}
+
+    def background_only(probs, image, affine, report, postprocess, fusion):
+        calls[len(calls)] = report
+        return np.zeros(probs.shape[1:], dtype=np.uint8)
+
+    monkeypatch.setattr(validate_run, "guided_label", background_only)
+    params = _params(min_dice=0.0, max_js=1.0, max_device_gap=1.0, min_device_series=1)
+    plain = run_validate(model_path, ingested, tmp_path / "plain", params)["metrics"]
+    guided = run_validate(model_path, ingested, tmp_path / "guided", params, findings_dir=tmp_path / "findings")["metrics"]
+    assert "dice_mean_report_guided" not in plain
+    assert sorted(map(json.dumps, calls.values())) == sorted(
+        [json.dumps({"lesions": [lesion], "tumour_present": True}), json.dumps({"lesions": [], "tumour_present": False})])
+    assert guided["n_series_report_guided"] == 2
+    assert guided["dice_mean_report_guided"] == 0.0 and guided["dice_holdout_devices_report_guided"] == 0.0
+    assert {k: v for k, v in guided.items() if "report_guided" not in k} == plain

@@ -36,6 +36,7 @@ from medsegllm.model.compiled import compile_for_inference
 from medsegllm.model.inference import predict_volume, resolve_mirror
 from medsegllm.model.postprocess import label_map
 from medsegllm.segment.dicomseg import present_classes, write_seg
+from medsegllm.segment.guided import guided_label, report_findings, series_findings
 from medsegllm.segment.source import ModelUnavailable, load_segmenter
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,13 @@ def to_source_grid(label: np.ndarray, label_affine: np.ndarray, source_shape: tu
 
 
 def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str, device: str, out_dir: Path,
-                   params: Params, mr_standardization: dict | None, mirror: bool) -> tuple[dict, list[tuple[Path, str]]]:
+                   params: Params, mr_standardization: dict | None, mirror: bool,
+                   findings: dict | None = None) -> tuple[dict, list[tuple[Path, str]]]:
     """Read, harmonize, predict (with test-time mirroring if `mirror`) and write one series; (summary row,
     quarantine rows).
 
-    A series that ingest would reject is quarantined whole, with ingest's reasons.
+    With its study's report `findings`, the report places the lesions (`guided_label`). A series that
+    ingest would reject is quarantined whole, with ingest's reasons.
     """
     start = time.perf_counter()
     first = headers[0]
@@ -80,8 +83,10 @@ def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str,
     predict_start = time.perf_counter()
     probs = predict_volume(model, harmonized, device, mirror=mirror)
     predict_seconds = time.perf_counter() - predict_start
-    label = to_source_grid(label_map(probs, tuple(spacing_of(affine)), model.train_params.postprocess), affine,
-                           volume.array.shape, volume.affine)
+    postprocess = model.train_params.postprocess
+    label = (label_map(probs, tuple(spacing_of(affine)), postprocess) if findings is None
+             else guided_label(probs, harmonized, affine, findings, postprocess, params.pseudolabel))
+    label = to_source_grid(label, affine, volume.array.shape, volume.affine)
     nifti = f"{series_id}.nii.gz"
     save_nifti(out_dir / nifti, label, volume.affine)
     row = {
@@ -95,6 +100,7 @@ def segment_series(model: nn.Module, headers: list[ImageHeader], series_id: str,
         "segments": [],
         "n_frames": 0,
         "status": NO_FOREGROUND,
+        "report_lesions": None if findings is None else len(findings["lesions"]),
     }
     if present_classes(label):
         source, seg_label, positions = _seg_source(files, datasets, volume, label, first.frame_stack)
@@ -131,7 +137,7 @@ def _seg_source(files: list[Path], datasets: list[pydicom.Dataset], volume: Volu
 
 
 def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt: str, base_dir: Path | None = None,
-                compile: bool = False, mirror: bool | None = None) -> dict:
+                compile: bool = False, mirror: bool | None = None, reports: Path | None = None) -> dict:
     """Segment every CT/MR series under `input_dir`; write `<series_id>.nii.gz`, `<series_id>.seg.dcm`,
     `quarantine.parquet` and `segment_summary.json` in `out_dir`, and return the summary.
 
@@ -142,11 +148,15 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
     `compile` builds the network with torch.compile first (`compile_for_inference`): for folders with
     many series, where the one-off compile pays for itself (BENCHMARKS.md, inference). `mirror` overrides
     the model's test-time mirroring (`train.inference.mirror`): off, a series predicts about 4x faster.
+    With `reports` (JSONL, CSV or DICOM SR, as the reports stage reads), a series whose study has a
+    report gets the report's lesions (`segment/guided.py`); its summary row says how many
+    (`report_lesions`; null without a report).
     """
     start = time.perf_counter()
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_partials(out_dir)
+    findings = report_findings(reports, salt) if reports is not None else {}  # unreadable reports fail before the model loads
     network, meta = load_segmenter(model, params, base_dir)
     if tuple(meta.get("classes") or SEG_CLASSES) != SEG_CLASSES:
         raise ModelUnavailable(f"{model} segments {meta['classes']}, not the knowledge base's classes {SEG_CLASSES}")
@@ -168,7 +178,7 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
             device = header_device_id(headers[0].manufacturer, headers[0].model_name, headers[0].station,
                                       params.ingest.device_station, salt)
             row, rejected = segment_series(network, headers, series_id, device, out_dir, params, meta.get("mr_standardization"),
-                                           mirror)
+                                           mirror, series_findings(findings, headers[0].accession, headers[0].study_uid, salt))
         except Exception as exc:  # a failure is a property of this series; the batch goes on
             # the type only: a message or traceback may quote header values (run with -v for it)
             log.error("segment: series %s failed (%s)", series_id, type(exc).__name__)
@@ -189,6 +199,8 @@ def run_segment(model: str, input_dir: Path, out_dir: Path, params: Params, salt
         "n_series": len(rows),
         "n_seg": sum(r["seg"] is not None for r in rows),
         "n_no_foreground": sum(r["status"] == NO_FOREGROUND for r in rows),
+        "n_reports": len(findings),
+        "n_report_guided": sum(r["report_lesions"] is not None for r in rows),
         "n_failed_series": n_failed,
         "n_skipped_files": len(scanned.segs) + len(scanned.reports),
         "n_quarantined_files": quarantine_rows.num_rows,

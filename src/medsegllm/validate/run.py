@@ -23,6 +23,9 @@ from medsegllm.common.splits import assign_split
 from medsegllm.config import Params, PostprocessParams
 from medsegllm.knowledge import SEG_CLASSES
 from medsegllm.model.postprocess import label_map
+from medsegllm.pseudolabel.fusion import report_lesions
+from medsegllm.segment.guided import guided_label
+from medsegllm.train.data import load_findings
 from medsegllm.validate.divergence import device_histograms, feature_js, mean_pairwise_js, split_half_js
 from medsegllm.validate.metrics import (
     aggregate,
@@ -193,6 +196,27 @@ def summarize(
     return metrics, per_device, per_modality
 
 
+def report_guided_metrics(per_series: pd.DataFrame, class_names: tuple[str, ...], seen_devices: set[str]) -> dict[str, float]:
+    """`dice_*_report_guided`: the headline Dice of the report-guided label maps (`segment/guided.py`),
+    over the validation series whose study has a report (`n_series_report_guided` of them).
+
+    An inference mode, not the model: the report, not the network, places the lesions. The model's
+    own figures (`dice_mean`, ...) stay image-only, the paper's and BENCHMARKS.md's comparisons too.
+    """
+    if per_series.empty:
+        return {"n_series_report_guided": 0}
+    fg = class_names[1:]
+    matrix = per_series[[f"dice_{c}" for c in fg]].to_numpy(dtype=float)
+    seen = per_series["device_id"].isin(seen_devices).to_numpy()
+    return {
+        "dice_mean_report_guided": nanmean(matrix),
+        **{f"dice_{c}_report_guided": nanmean(per_series[f"dice_{c}"].to_numpy(dtype=float)) for c in fg},
+        "dice_seen_devices_report_guided": nanmean(matrix[seen]),
+        "dice_holdout_devices_report_guided": nanmean(matrix[~seen]),
+        "n_series_report_guided": len(per_series),
+    }
+
+
 def load_reference_network(path: Path, model_meta: dict) -> Any:
     """The same network trained without DAN and PDM, for the 'without' side of the feature JS.
 
@@ -222,12 +246,15 @@ def run_validate(
     pseudo_dir: Path | None = None,
     train_dir: Path | None = None,
     reference_model_path: Path | None = None,
+    findings_dir: Path | None = None,
 ) -> dict:
     """Validate the model on the validation split; raise GateFailed (after writing) when a gate fails.
 
     With `truth_dir`, the hidden truth is the reference; `salt` defaults to the pipeline's salt.
     With `reference_model_path` (the same network trained with DAN and PDM off), its bottleneck
     feature JS is measured on the same series and reported beside the model's own.
+    With `findings_dir` (the reports stage's output), the series whose study has a report are also
+    scored report-guided, as `segment --reports` labels them (`report_guided_metrics`).
     """
     from medsegllm.model.checkpoint import load_model
     from medsegllm.model.inference import bottleneck_features, predict_volume, resolve_mirror
@@ -246,13 +273,18 @@ def run_validate(
         salt = salt or resolve_salt(params.ingest)  # truth is keyed by raw UIDs: map them like ingest did
         check_same_salt(ingest_dir, salt)
     references = _reference_paths(val, ingest_dir, truth_dir, salt)
+    findings = None
+    if findings_dir is not None:
+        check_same_salt(findings_dir, other_dir=ingest_dir)
+        findings = load_findings(findings_dir)
     reference_model = load_reference_network(reference_model_path, meta) if reference_model_path else None
     log.info("validating %d series (%d with a reference)", len(val), len(references))
 
-    records, lesion_rows, slices, features, features_ref = [], [], {}, {}, {}
+    records, lesion_rows, slices, features, features_ref, guided_records = [], [], {}, {}, {}, []
     with torch.no_grad():
         for row in val.itertuples():
-            volume = np.asarray(load_nifti(ingest_dir / row.volume_path)[0], dtype=np.float32)
+            volume, affine = load_nifti(ingest_dir / row.volume_path)
+            volume = np.asarray(volume, dtype=np.float32)
             features.setdefault(row.device_id, []).append(bottleneck_features(model, volume, row.device_id))
             if reference_model is not None:
                 features_ref.setdefault(row.device_id, []).append(bottleneck_features(reference_model, volume, row.device_id))
@@ -265,6 +297,12 @@ def run_validate(
             ids = {"series_id": row.series_id, "study_id": getattr(row, "study_id", None) or row.series_id,
                    "device_id": row.device_id, "modality": row.modality}
             lesion_rows += [{**ids, **lesion} for lesion in result["lesion_rows"]]
+            if findings is not None and row.accession_id in findings.index:
+                lesions, tumour = report_lesions(findings, row.accession_id)
+                guided = guided_label(probs, volume, affine, {"lesions": lesions, "tumour_present": tumour},
+                                      model.train_params.postprocess, params.pseudolabel)
+                guided_records.append({**ids, **{f"dice_{c}": v for c, v in
+                                                 zip(class_names[1:], dice_per_class(guided, ref, len(class_names)))}})
             records.append(
                 {
                     **ids,
@@ -287,6 +325,8 @@ def run_validate(
     for bin_row in by_size.itertuples():
         metrics[f"lesion_sensitivity_{bin_row.size_bin.replace(' ', '').replace('>=', 'from')}"] = bin_row.sensitivity
 
+    if findings is not None:
+        metrics.update(report_guided_metrics(pd.DataFrame.from_records(guided_records), class_names, seen_devices))
     groups = dict(zip(val.device_id, val.modality))
     metrics["js_intensity_raw"] = mean_pairwise_js(device_histograms(val, "raw_histogram"), groups)
     metrics["js_intensity_harmonized"] = mean_pairwise_js(device_histograms(val, "histogram"), groups)
