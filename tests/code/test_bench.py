@@ -225,17 +225,20 @@ def test_table_goals_are_judged_on_the_paired_interval() -> None:
     from medsegllm.bench.demo import table_goals
 
     rows = {
-        "full": {"runs": [_run(1, dice_holdout=0.80, js_travel=0.05, js_features=0.50),
-                          _run(2, dice_holdout=0.82, js_travel=0.05, js_features=0.40),
+        "full": {"runs": [_run(1, dice_holdout=0.80, js_travel=0.05, js_features=0.50, dice_holdout_guided=0.9),
+                          _run(2, dice_holdout=0.82, js_travel=0.05, js_features=0.40, dice_holdout_guided=0.9),
                           _run(3, dice_holdout=0.81, js_travel=0.06, js_features=0.60)]},
-        "unet": {"runs": [_run(1, dice_holdout=0.70, dice_seen=0.85), _run(2, dice_holdout=0.72, dice_seen=0.86),
-                          _run(3, dice_holdout=0.71, dice_seen=0.84)]},
+        "unet": {"runs": [_run(1, dice_holdout=0.70, dice_seen=0.85, dice_holdout_guided=0.8),
+                          _run(2, dice_holdout=0.72, dice_seen=0.86, dice_holdout_guided=0.7),
+                          _run(3, dice_holdout=0.71, dice_seen=0.84, dice_holdout_guided=0.7)]},
         "align": {"runs": [_run(1, js_travel=0.60, js_features=0.55), _run(2, js_travel=0.55, js_features=0.60),
                            _run(3, js_travel=0.58, js_features=0.50)]},
         "unet_aug": {"runs": [_run(1, dice_holdout=0.79), _run(2, dice_holdout=0.83), _run(3, dice_holdout=0.79)]},
         "bn_dan_tt": {"runs": [_run(1, js_travel=0.30)]},  # an extra row: one seed
     }
-    margin, drop, beyond_aug, js, js_dan, js_patients = table_goals(rows)
+    margin, drop, beyond_aug, js, js_dan, js_patients, guided = table_goals(rows)
+    # report-guided: context, paired on the seeds where both rows have it (seed 3's full run lacks it)
+    assert guided["goal"].startswith("context") and abs(guided["value"] - 0.15) < 1e-9 and guided["stats"]["n"] == 2
     # the paper's DAN with own statistics is context, paired with + alignment on its one seed: no interval
     assert js_dan["goal"].startswith("context") and abs(js_dan["value"] - 0.5) < 1e-9 and js_dan["met"] is None
     assert "no interval" in js_dan["note"]
@@ -258,7 +261,7 @@ def test_table_goals_are_judged_on_the_paired_interval() -> None:
     assert abs(margin["value"] - 0.10) < 1e-9 and margin["met"] is False and "below the bar" in margin["note"]
     # DAN+PDM raising the divergence reads as not met; one seed has no interval: not measurable
     rows["full"]["runs"] = [_run(1, dice_holdout=0.9, js_travel=0.7, js_features=0.7)]
-    margin, _, _, js, _, _ = table_goals(rows)
+    margin, _, _, js, _, _, _ = table_goals(rows)
     assert js["value"] < 0 and js["met"] is None and margin["met"] is None and "no interval" in margin["note"]
 
 
